@@ -1,0 +1,230 @@
+"""npu_compat: sglang on Ascend NPU without torch.compile where NPU cannot take it.
+
+``import npu_compat`` activates it: when ``sglang.srt.managers.overlap_utils``
+is imported (before or after this line), its torch.compile'd helpers are
+replaced on NPU by npu_compat's eager implementations (the fix of sglang PR
+#26403).  Off NPU nothing is changed.  ``NPU_COMPAT_DISABLE=1`` turns it off.
+
+This file is all that ``import npu_compat`` loads: it runs in every process
+of an NPU image, so it holds only the light part of activation (state, the
+watch for ``sglang``, the environment children inherit) and imports neither
+torch, torch_npu, sglang, wrapt nor logging.  The rest lives in
+``npu_compat.core`` and is imported when sglang starts to load.
+"""
+
+import _thread
+import os
+import sys
+
+__version__ = "0.1.0"
+
+# Top-level packages of the registry's targets (a test keeps this equal to
+# npu_compat.registry.target_modules(): reading the registry here would cost
+# three more module imports in every process).
+WATCHED_PACKAGES = ("sglang",)
+
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
+ORIGIN_VAR = "NPU_COMPAT_ORIGIN"  # "<route>:<pid>" of the process that first propagated
+DISABLE_ALL = frozenset(("1", "true", "yes", "on", "all", "*"))
+# PYTHONPATH as this process found it, before any activation changed it.
+PYTHONPATH_AT_START = os.environ.get("PYTHONPATH")
+
+__all__ = [
+    "NpuCompatError",
+    "PatchStatus",
+    "activate",
+    "deactivate",
+    "is_active",
+    "is_npu",
+    "report",
+    "route",
+    "routes",
+    "status",
+    "__version__",
+]
+
+
+class NpuCompatError(RuntimeError):
+    """Raised only under NPU_COMPAT_STRICT=1, for an incompatible or failed patch."""
+
+
+class _State:
+    def __init__(self):
+        self.lock = _thread.RLock()
+        self.active = False
+        self.generation = 0
+        self.routes = []
+
+
+_state = _State()
+
+
+class _Sentinel:
+    """A meta-path finder that never finds anything; it notices ``sglang``.
+
+    When the watched package is first looked up, npu_compat.core imports
+    wrapt and registers the real post-import hooks.  The finder stays on
+    ``sys.meta_path`` once inserted (removing a finder while another thread
+    walks the list could make that thread skip one); disarmed it costs one
+    call and a set lookup per import.
+    """
+
+    def __init__(self):
+        self.watch = frozenset()
+
+    def find_spec(self, name, path=None, target=None):
+        if name in self.watch:
+            self.watch = self.watch - {name}
+            from npu_compat import core
+
+            core.arm_package(name)
+        return None
+
+
+_sentinel = _Sentinel()
+
+
+def _norm(path):
+    return os.path.normcase(os.path.abspath(path)) if path else path
+
+
+def _without_bootstrap(pythonpath):
+    boot = _norm(BOOTSTRAP_DIR)
+    return [p for p in (pythonpath or "").split(os.pathsep) if p and _norm(p) != boot]
+
+
+def child_env(env, route="run"):
+    """A copy of ``env`` under which a Python child activates npu_compat.
+
+    The bootstrap directory goes first on PYTHONPATH, exactly once however
+    often this nests.
+    """
+    env = dict(env)
+    env["PYTHONPATH"] = os.pathsep.join([BOOTSTRAP_DIR] + _without_bootstrap(env.get("PYTHONPATH")))
+    env.setdefault(ORIGIN_VAR, f"{route}:{os.getpid()}")
+    return env
+
+
+def _propagate(route):
+    # Children (multiprocessing spawn/forkserver, subprocess) inherit this
+    # environment; the sitecustomize in BOOTSTRAP_DIR activates them.
+    before = {k: os.environ[k] for k in ("PYTHONPATH", ORIGIN_VAR) if k in os.environ}
+    for key, value in child_env(before, route).items():
+        if before.get(key) != value:
+            os.environ[key] = value
+
+
+def _unpropagate():
+    """Take the bootstrap directory (ours or inherited) out of the environment."""
+    rest = os.pathsep.join(_without_bootstrap(os.environ.get("PYTHONPATH")))
+    if rest:
+        os.environ["PYTHONPATH"] = rest
+    else:
+        os.environ.pop("PYTHONPATH", None)
+    os.environ.pop(ORIGIN_VAR, None)
+
+
+def disabled_by_env():
+    return os.environ.get("NPU_COMPAT_DISABLE", "").strip().lower() in DISABLE_ALL
+
+
+def activate(route="api"):
+    """Turn npu_compat on in this process and in the Python children it starts.
+
+    Idempotent.  Patches apply when their target module is imported, or at
+    once if it already is.  Returns True when active; ``NPU_COMPAT_DISABLE=1``
+    makes it a no-op that returns False.
+    """
+    if disabled_by_env():
+        return False
+    with _state.lock:
+        if route not in _state.routes:
+            _state.routes.append(route)
+        if _state.active:
+            return True
+        _state.active = True
+        _state.generation += 1
+        _propagate(route)
+        now = [p for p in WATCHED_PACKAGES if p in sys.modules]
+        later = frozenset(WATCHED_PACKAGES) - set(now)
+        if later:
+            _sentinel.watch = _sentinel.watch | later
+            if _sentinel not in sys.meta_path:
+                sys.meta_path.insert(0, _sentinel)
+    for package in now:  # already loading or loaded: hook up at once
+        from npu_compat import core
+
+        core.arm_package(package)
+    return _state.active
+
+
+def is_active():
+    return _state.active
+
+
+def routes():
+    """Every route that called activate() in this process, in order."""
+    return tuple(_state.routes)
+
+
+def route():
+    """The route that activated this process, most specific first (None if inactive).
+
+    "import" is also recorded when an entry point (plugin, sitecustomize)
+    imports the package, so it ranks last.
+    """
+    for r in ("inherited", "run", "sitecustomize", "plugin", "api", "import"):
+        if r in _state.routes:
+            return r
+    return _state.routes[0] if _state.routes else None
+
+
+def deactivate():
+    """Undo activate(): originals back, hooks off, environment restored.  See core."""
+    from npu_compat import core
+
+    return core.deactivate()
+
+
+def status():
+    """Live state of every patch: a tuple of PatchStatus.  See core.status."""
+    from npu_compat import core
+
+    return core.status()
+
+
+def report(import_targets=False):
+    """Everything ``npu-compat status`` shows, as a dict."""
+    from npu_compat import info
+
+    return info.build(import_targets=import_targets)
+
+
+def is_npu():
+    """True when this process runs on an Ascend NPU; never raises."""
+    from npu_compat import device
+
+    return device.is_npu()
+
+
+def __getattr__(name):
+    if name == "PatchStatus":
+        from npu_compat.core import PatchStatus
+
+        return PatchStatus
+    raise AttributeError(f"module 'npu_compat' has no attribute {name!r}")
+
+
+def _activate_on_import():
+    # Importing must never break the importer: report and go on.
+    try:
+        activate(route="import")
+    except NpuCompatError:
+        raise  # NPU_COMPAT_STRICT=1 asked for it
+    except Exception as exc:
+        from npu_compat import _log
+
+        _log.warning("npu_compat: activation on import failed: %s: %s", type(exc).__name__, exc)
+
+
+_activate_on_import()

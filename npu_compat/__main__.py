@@ -1,0 +1,3 @@
+from npu_compat.cli import entry
+
+entry()

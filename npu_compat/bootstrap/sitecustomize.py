@@ -1,0 +1,55 @@
+"""npu_compat's bootstrap: activates npu_compat, then runs the next sitecustomize.
+
+This directory goes first on PYTHONPATH (``npu-compat run``, an image's
+``ENV PYTHONPATH``, or inherited from a parent where npu_compat is active), so
+Python imports this file at start-up instead of any other sitecustomize.  It
+activates npu_compat and then imports the sitecustomize that would have run
+without it, so an image's own start-up code keeps working, exactly once.
+"""
+
+
+def _npu_compat_bootstrap():
+    import os
+    import sys
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        import npu_compat
+    except ImportError:
+        # An interpreter without npu_compat inherited this PYTHONPATH: nothing to do.
+        npu_compat = None
+    if npu_compat is not None:
+        try:
+            inherited = os.environ.get(npu_compat.ORIGIN_VAR)
+            npu_compat.activate(route="inherited" if inherited else "sitecustomize")
+        except Exception as exc:  # never break interpreter start-up
+            sys.stderr.write(f"npu_compat: activation failed: {type(exc).__name__}: {exc}\n")
+
+    # Chain: hide this directory and this module, import sitecustomize again
+    # (Python finds the next one along sys.path), then put the path back.
+    mine = sys.modules.pop("sitecustomize", None)
+    saved_path = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.normcase(os.path.abspath(p or os.curdir)) != os.path.normcase(here)]
+    try:
+        import sitecustomize  # noqa: F401  (the image's own, if any)
+    except ImportError as exc:
+        if exc.name != "sitecustomize":
+            _report(exc)
+    except Exception as exc:
+        _report(exc)
+    finally:
+        sys.path[:] = saved_path
+        if "sitecustomize" not in sys.modules and mine is not None:
+            sys.modules["sitecustomize"] = mine
+
+
+def _report(exc):
+    # What site.py itself prints when a sitecustomize fails.
+    import sys
+
+    sys.stderr.write(
+        "Error in sitecustomize; set PYTHONVERBOSE for traceback:\n" f"{type(exc).__name__}: {exc}\n"
+    )
+
+
+_npu_compat_bootstrap()

@@ -1,0 +1,75 @@
+"""Is this process on an Ascend NPU?  Answered once, lazily, and never by raising.
+
+torch_npu registers torch's ``privateuse1`` backend as ``npu`` and a device
+module ``torch.npu``; recent torch autoloads it on ``import torch``.  sglang's
+own ``is_npu()`` raises when torch_npu is present but no device is visible;
+here that case is simply "not an NPU", with the reason kept for ``status``.
+"""
+
+import sys
+
+from npu_compat import _env
+
+_cache = None  # (is_npu, reason)
+
+
+def _torch_npu_installed():
+    from importlib.machinery import PathFinder  # finds without importing
+
+    try:
+        return PathFinder.find_spec("torch_npu") is not None
+    except Exception:
+        return False
+
+
+def _detect():
+    forced = _env.device()
+    if forced == "npu":
+        return True, "forced by NPU_COMPAT_DEVICE=npu"
+    if forced.startswith("other:"):
+        return False, f"forced by NPU_COMPAT_DEVICE={forced[6:]}"
+    torch = sys.modules.get("torch")
+    if torch is None:
+        try:
+            import torch
+        except BaseException as exc:  # torch_npu's autoload raises RuntimeError without CANN
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            return False, f"torch cannot be imported ({type(exc).__name__}: {str(exc)[:200]})"
+    try:
+        npu = getattr(torch, "npu", None)
+    except Exception as exc:
+        return False, f"reading torch.npu raised {type(exc).__name__}: {exc}"
+    if npu is None:
+        if _torch_npu_installed():
+            return False, "torch_npu is installed but not loaded: torch has no 'npu' device module"
+        return False, "torch has no 'npu' device module (torch_npu is not installed)"
+    try:
+        available = bool(npu.is_available())
+    except Exception as exc:
+        return False, f"torch.npu.is_available() raised {type(exc).__name__}: {exc}"
+    if not available:
+        return False, "torch.npu exists but torch.npu.is_available() is False (no NPU visible)"
+    return True, "torch.npu.is_available() is True"
+
+
+def detect():
+    """Return ``(is_npu, reason)``; computed on first use and cached."""
+    global _cache
+    if _cache is None:
+        _cache = _detect()
+    return _cache
+
+
+def is_npu():
+    """True when this process runs on an Ascend NPU (see :func:`detect`). Never raises."""
+    try:
+        return detect()[0]
+    except Exception:
+        return False
+
+
+def reset():
+    """Forget the cached answer (tests; after changing NPU_COMPAT_DEVICE)."""
+    global _cache
+    _cache = None

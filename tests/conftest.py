@@ -1,0 +1,58 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TESTS)
+
+from fixtures import build  # noqa: E402
+
+RESULT = "RESULT:"
+
+
+def clean_env(**extra):
+    """The environment of a child with no npu_compat setting inherited from the test run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_COMPAT") and k != "PYTHONPATH"}
+    env.update({k: v for k, v in extra.items() if v is not None})
+    return env
+
+
+def run_py(code, tree=None, env=None, timeout=240, args=(), check=True):
+    """Run `code` in a fresh interpreter; return (completed process, RESULT dict or None).
+
+    The child sees the fixture `tree` and tests/ on PYTHONPATH; it reports by
+    printing ``RESULT:<json>`` (support.report does that).
+    """
+    env = clean_env(**(env or {}))
+    path = [p for p in (tree, TESTS) if p]
+    if env.get("PYTHONPATH"):
+        path.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT):
+            result = json.loads(line[len(RESULT) :])
+    if check and result is None:
+        raise AssertionError(f"child reported nothing (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc, result
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """tree(variant) -> path of a fixture sglang tree of that upstream state."""
+
+    def make(variant):
+        return build(tmp_path / f"tree-{variant}", variant)
+
+    return make
