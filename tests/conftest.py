@@ -6,6 +6,10 @@ import textwrap
 
 import pytest
 
+# The test runner itself never activates npu_compat (children get a clean
+# environment from clean_env): in-process tests use the modules directly.
+os.environ["NPU_COMPAT_DISABLE"] = "1"
+
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
 

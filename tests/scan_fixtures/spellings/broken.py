@@ -1,0 +1,6 @@
+import torch
+
+
+@torch.compile
+def broken(x:
+    return x
