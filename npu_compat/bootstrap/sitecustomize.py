@@ -13,6 +13,8 @@ def _npu_compat_bootstrap():
     import sys
 
     here = os.path.dirname(os.path.abspath(__file__))
+    # Read before importing npu_compat, whose own activation sets it.
+    inherited = os.environ.get("NPU_COMPAT_ORIGIN")
     try:
         import npu_compat
     except ImportError:
@@ -20,7 +22,6 @@ def _npu_compat_bootstrap():
         npu_compat = None
     if npu_compat is not None:
         try:
-            inherited = os.environ.get(npu_compat.ORIGIN_VAR)
             npu_compat.activate(route="inherited" if inherited else "sitecustomize")
         except Exception as exc:  # never break interpreter start-up
             sys.stderr.write(f"npu_compat: activation failed: {type(exc).__name__}: {exc}\n")

@@ -1,0 +1,220 @@
+"""npu-compat install / uninstall: chain, restore byte for byte, refuse cleanly, survive a crash."""
+
+import errno
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+from conftest import TESTS, clean_env
+
+import npu_compat
+from npu_compat import sitedir
+
+PREVIOUS = b"# the image's own start-up code\nimport sys\nIMAGE_MARK = 'kept'\nprint('image sitecustomize ran', flush=True)\n"
+
+
+def snapshot(root):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            data = open(path, "rb").read() if stat.S_ISREG(st.st_mode) else os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+            out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), data)
+    return out
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "npu_compat", *args], env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+
+
+def python_in(site, code):
+    env = clean_env(PYTHONPATH=os.pathsep.join([str(site), TESTS]), PYTHONDONTWRITEBYTECODE="1")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def site(tmp_path):
+    d = tmp_path / "site-packages"
+    d.mkdir()
+    (d / "other.py").write_text("x = 1\n")
+    return d
+
+
+@pytest.mark.parametrize("previous", [None, PREVIOUS], ids=["empty", "with-previous"])
+def test_round_trip_is_byte_identical_and_the_installed_file_works(site, previous):
+    if previous is not None:
+        (site / "sitecustomize.py").write_bytes(previous)
+        os.chmod(site / "sitecustomize.py", 0o640)
+    before = snapshot(site)
+    r = cli("install", "--site-dir", str(site))
+    assert r.returncode == 0, r.stderr
+    assert "installed" in r.stdout
+    run = python_in(site, "import npu_compat, sitecustomize; print(npu_compat.route(), getattr(sitecustomize, 'IMAGE_MARK', None))")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    if previous is None:
+        assert lines == ["sitecustomize None"]
+    else:
+        assert lines == ["image sitecustomize ran", "sitecustomize kept"]  # ran once, after activation
+    r = cli("uninstall", "--site-dir", str(site))
+    assert r.returncode == 0, r.stderr
+    assert snapshot(site) == before
+
+
+def test_dry_run_changes_nothing(site):
+    (site / "sitecustomize.py").write_bytes(PREVIOUS)
+    before = snapshot(site)
+    r = cli("install", "--site-dir", str(site), "--dry-run")
+    assert r.returncode == 0 and sitedir.MARKER in r.stdout
+    assert snapshot(site) == before
+    cli("install", "--site-dir", str(site))
+    installed = snapshot(site)
+    r = cli("uninstall", "--site-dir", str(site), "--dry-run")
+    assert r.returncode == 0 and "would restore" in r.stdout
+    assert snapshot(site) == installed
+
+
+def _refusal_cases(site, tmp_path):
+    def already(d):
+        sitedir.install(str(d))
+        return "install"
+
+    def symlink(d):
+        (tmp_path / "real.py").write_bytes(PREVIOUS)
+        os.symlink(tmp_path / "real.py", d / "sitecustomize.py")
+        return "install"
+
+    def directory(d):
+        (d / "sitecustomize.py").mkdir()
+        return "install"
+
+    def package(d):
+        (d / "sitecustomize").mkdir()
+        (d / "sitecustomize" / "__init__.py").write_text("")
+        return "install"
+
+    def not_python(d):
+        (d / "sitecustomize.py").write_bytes(b"def broken(:\n")
+        return "install"
+
+    def not_utf8(d):
+        (d / "sitecustomize.py").write_bytes(b"x = '\xff\xfe'\n")
+        return "install"
+
+    def foreign(d):
+        (d / "sitecustomize.py").write_bytes(PREVIOUS)
+        return "uninstall"
+
+    def edited(d):
+        sitedir.install(str(d))
+        with open(d / "sitecustomize.py", "a") as f:
+            f.write("# someone's edit\n")
+        return "uninstall"
+
+    def nothing(d):
+        return "uninstall"
+
+    def missing_dir(d):
+        return ("install", str(d / "nope"))
+
+    return [already, symlink, directory, package, not_python, not_utf8, foreign, edited, nothing, missing_dir]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_refusals_leave_the_directory_exactly_as_it_was(site, tmp_path, case):
+    fn = _refusal_cases(site, tmp_path)[case]
+    action = fn(site)
+    target = str(site)
+    if isinstance(action, tuple):
+        action, target = action
+    before = snapshot(site)
+    r = cli(action, "--site-dir", target)
+    assert r.returncode == 1, (fn.__name__, r.stdout, r.stderr)
+    assert len(r.stderr.strip().splitlines()) == 1 and "refused" in r.stderr and "Traceback" not in r.stderr
+    assert snapshot(site) == before, fn.__name__
+
+
+@pytest.mark.parametrize("fault", ["read-only", "disk-full", "fsync", "replace"])
+@pytest.mark.parametrize("previous", [None, PREVIOUS], ids=["empty", "with-previous"])
+def test_write_faults_leave_the_directory_exactly_as_it_was(site, monkeypatch, fault, previous):
+    if previous is not None:
+        (site / "sitecustomize.py").write_bytes(previous)
+    before = snapshot(site)
+
+    def fail(err):
+        def raiser(*a, **k):
+            raise OSError(err, os.strerror(err))
+
+        return raiser
+
+    if fault == "read-only":  # root ignores mode bits: fail where the OS would
+        import tempfile
+
+        monkeypatch.setattr(tempfile, "mkstemp", fail(errno.EACCES))
+    elif fault == "disk-full":
+        monkeypatch.setattr(sitedir.os, "write", fail(errno.ENOSPC))
+    elif fault == "fsync":
+        monkeypatch.setattr(sitedir.os, "fsync", fail(errno.EIO))
+    else:
+        monkeypatch.setattr(sitedir.os, "replace", fail(errno.EXDEV))
+    with pytest.raises(sitedir.Refused) as info:
+        sitedir.install(str(site))
+    monkeypatch.undo()
+    assert "nothing changed" in str(info.value)
+    assert snapshot(site) == before
+
+
+KILLER = """
+import os, signal, sys
+from npu_compat import sitedir
+real_replace = os.replace
+def replace(a, b):
+    if sys.argv[2] == "after":
+        real_replace(a, b)
+    os.kill(os.getpid(), signal.SIGKILL)
+sitedir.os.replace = replace
+sitedir.{action}(sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("action", ["install", "uninstall"])
+def test_a_crash_mid_change_leaves_old_or_new_never_a_mix(site, when, action):
+    (site / "sitecustomize.py").write_bytes(PREVIOUS)
+    mode = stat.S_IMODE(os.stat(site / "sitecustomize.py").st_mode)
+    if action == "uninstall":
+        sitedir.install(str(site))
+    old = (site / "sitecustomize.py").read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER.format(action=action), str(site), when], env=clean_env(), timeout=60
+    )
+    assert proc.returncode == -signal.SIGKILL
+    now = (site / "sitecustomize.py").read_bytes()
+    new = PREVIOUS if action == "uninstall" else sitedir.render(PREVIOUS, mode).encode()
+    assert now == (old if when == "before" else new)
+    # What a crash may leave is a temporary file that Python never imports; the next run clears it.
+    leftovers = [n for n in os.listdir(site) if n.startswith(".npu-compat-")]
+    assert all(n.endswith(".tmp") for n in leftovers)
+    try:
+        sitedir.plan_install(str(site))  # checks the directory first, which clears stale files
+    except sitedir.Refused:
+        pass
+    assert [n for n in os.listdir(site) if n.startswith(".npu-compat-")] == []
+
+
+def test_default_site_dir_is_this_interpreters_purelib():
+    import sysconfig
+
+    assert sitedir.default_dir() == sysconfig.get_paths()["purelib"]
+
+
+def test_bootstrap_dir_holds_only_the_packages_own_file():
+    names = sorted(n for n in os.listdir(npu_compat.BOOTSTRAP_DIR) if n != "__pycache__")
+    assert names == ["sitecustomize.py"]
