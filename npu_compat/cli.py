@@ -12,16 +12,23 @@ import sys
 PROG = "npu-compat"
 
 
-class _Parser(argparse.ArgumentParser):
+def one_line(text):
+    """`text` with control characters escaped, so an error stays on one line."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (and exit 2)."""
+
     def error(self, message):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {one_line(message)}\n")
         raise SystemExit(2)
 
 
 def _parser():
-    p = _Parser(prog=PROG, description="Run sglang on Ascend NPU without torch.compile where NPU cannot take it.")
+    p = OneLineParser(prog=PROG, description="Run sglang on Ascend NPU without torch.compile where NPU cannot take it.")
     p.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = p.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND")
 
     s = sub.add_parser("status", help="device detection, versions, activation and each patch's state")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -71,7 +78,7 @@ def _run(args):
         # and no shell ever parses the arguments.
         os.execvpe(cmd[0], cmd, env)
     except OSError as exc:
-        sys.stderr.write(f"{PROG} run: error: cannot run {cmd[0]!r}: {exc.strerror or exc}\n")
+        sys.stderr.write(f"{PROG} run: error: cannot run {cmd[0]!r}: {one_line(exc.strerror or exc)}\n")
         return 127 if isinstance(exc, FileNotFoundError) else 126
 
 
@@ -98,7 +105,7 @@ def _sitedir(args, action):
             else:
                 print(f"{verb}restore the previous {path} ({len(previous)} bytes)")
     except sitedir.Refused as exc:
-        sys.stderr.write(f"{PROG} {action}: refused: {exc}\n")
+        sys.stderr.write(f"{PROG} {action}: refused: {one_line(exc)}\n")
         return 1
     return 0
 
@@ -129,12 +136,14 @@ def main(argv=None):
             print(npu_compat.BOOTSTRAP_DIR)
             return 0
         return _sitedir(args, args.command)
+    except SystemExit as exc:  # argparse: usage errors (2) and --help (0)
+        return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
     except Exception as exc:  # a bug of ours: still one line, not a traceback
-        sys.stderr.write(f"{PROG}: error: {type(exc).__name__}: {exc}\n")
+        sys.stderr.write(f"{PROG}: error: {type(exc).__name__}: {one_line(exc)}\n")
         return 1
 
 

@@ -1020,7 +1020,9 @@ exit status:
 
 
 def _parser():
-    p = argparse.ArgumentParser(
+    from npu_compat.cli import OneLineParser
+
+    p = OneLineParser(
         prog="npu-compat scan",
         description=(
             "Statically list every torch.compile site (files are parsed, never imported)\n"

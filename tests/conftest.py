@@ -13,7 +13,7 @@ os.environ["NPU_COMPAT_DISABLE"] = "1"
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
 
-from fixtures import build  # noqa: E402
+from fixtures import build, build_light  # noqa: E402
 
 RESULT = "RESULT:"
 
@@ -57,6 +57,35 @@ def tree(tmp_path):
     """tree(variant) -> path of a fixture sglang tree of that upstream state."""
 
     def make(variant):
+        if variant == "light":
+            return build_light(tmp_path / "tree-light")
         return build(tmp_path / f"tree-{variant}", variant)
 
     return make
+
+
+# Reliability figures: tests record how many cases each property ran; the
+# summary at the end of the run prints them (the README quotes these lines).
+FIGURES = {}
+
+
+def record_cases(prop, n):
+    FIGURES[prop] = FIGURES.get(prop, 0) + n
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # an xdist worker: hand the figures over
+        session.config.workeroutput["figures"] = json.dumps(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for prop, n in json.loads(getattr(node, "workeroutput", {}).get("figures", "{}")).items():
+        record_cases(prop, n)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("reliability figures (cases run per property)")
+        for prop, n in sorted(FIGURES.items()):
+            terminalreporter.write_line(f"{prop}: {n} cases")
