@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""npu-compat's costs, measured side by side, interleaved, in one run.
+
+    python scripts/bench.py [--quick] [--json PATH] [--only startup,torch,patch,call]
+                            [--anchor NAME=CMD ...]
+
+Figures (medians over runs after a warm-up; min and max beside them):
+
+  startup  whole-process wall time of `python -c pass` (bare), `python -c
+           "import npu_compat"`, `python -c pass` with the bootstrap on
+           PYTHONPATH, `python -c "import wrapt"`, and any --anchor command;
+           each as a ratio to bare.  Goal: npu_compat <= 1.15.
+  torch    `import npu_compat, torch` with npu_compat active vs disabled
+           (NPU_COMPAT_DISABLE=1), and the cost of npu_compat's finder,
+           counted: calls during `import torch` x ns per call.  Goal: <= 1.01.
+  patch    time from the target module's end to the patch in place
+           (npu_compat's post-import hook on a pre-fix overlap_utils).
+           Goal: < 1 ms.
+  call     per call: the installed helpers vs plain eager functions with the
+           same body, 100k calls each (--quick: 2k) on CPU tensors of serving
+           sizes.  Goal: <= 1.02.
+
+Timing uses time.perf_counter_ns only; whole-process figures use subprocess.
+Shared machines are noisy: read the ratios, and rerun before trusting a
+single figure.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = sys.executable
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_COMPAT") and k not in ("PYTHONPATH",)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure with .pyc files, as an installed package has
+    env.update(extra)
+    return env
+
+
+def _stats(samples_ns):
+    s = sorted(samples_ns)
+    return {"median_ms": statistics.median(s) / 1e6, "min_ms": s[0] / 1e6, "max_ms": s[-1] / 1e6, "n": len(s)}
+
+
+def _time_cmd(cmd, env):
+    t = time.perf_counter_ns()
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter_ns() - t
+
+
+def interleaved(cases, runs, warmup=3):
+    """Run each (name, cmd, env) once per round, rounds interleaved; return stats per name."""
+    for _ in range(warmup):
+        for _, cmd, env in cases:
+            _time_cmd(cmd, env)
+    samples = {name: [] for name, _, _ in cases}
+    for _ in range(runs):
+        for name, cmd, env in cases:
+            samples[name].append(_time_cmd(cmd, env))
+    return {name: _stats(v) for name, v in samples.items()}
+
+
+def _with_ratios(stats, base):
+    b = stats[base]["median_ms"]
+    for s in stats.values():
+        s["ratio"] = s["median_ms"] / b
+    return stats
+
+
+def bench_startup(quick, anchors):
+    import npu_compat
+
+    boot = _env(PYTHONPATH=npu_compat.BOOTSTRAP_DIR)
+    cases = [
+        ("bare: python -c pass", [PY, "-c", "pass"], _env()),
+        ("python -c 'import npu_compat'", [PY, "-c", "import npu_compat"], _env()),
+        ("python -c pass, bootstrap on PYTHONPATH", [PY, "-c", "pass"], boot),
+        ("python -c 'import npu_compat', NPU_COMPAT_DISABLE=1", [PY, "-c", "import npu_compat"], _env(NPU_COMPAT_DISABLE="1")),
+        ("anchor: python -c 'import wrapt'", [PY, "-c", "import wrapt"], _env()),
+    ]
+    for spec in anchors:
+        name, _, cmd = spec.partition("=")
+        cases.append((f"anchor: {name}", cmd.split(), _env()))
+    return _with_ratios(interleaved(cases, 8 if quick else 60), "bare: python -c pass")
+
+
+COUNT_FINDER_CALLS = """
+import sys, time
+import npu_compat
+calls = [0]
+real = npu_compat._sentinel.find_spec
+def counting(name, path=None, target=None):
+    calls[0] += 1
+    return real(name, path, target)
+npu_compat._sentinel.find_spec = counting
+import torch
+# ns per call of the real finder, for a name it does not watch
+n = 200000
+t = time.perf_counter_ns()
+for _ in range(n):
+    real("some.module.name")
+per_call = (time.perf_counter_ns() - t) / n
+print(calls[0], per_call)
+"""
+
+
+def bench_torch(quick):
+    cases = [
+        ("import npu_compat, torch (active)", [PY, "-c", "import npu_compat, torch"], _env()),
+        ("import npu_compat, torch (NPU_COMPAT_DISABLE=1)", [PY, "-c", "import npu_compat, torch"], _env(NPU_COMPAT_DISABLE="1")),
+    ]
+    stats = _with_ratios(interleaved(cases, 4 if quick else 40, warmup=2), cases[1][0])
+    out = subprocess.run([PY, "-c", COUNT_FINDER_CALLS], env=_env(), capture_output=True, text=True, check=True)
+    calls, per_call_ns = out.stdout.split()
+    base_ms = stats[cases[1][0]]["median_ms"]
+    finder_ms = int(calls) * float(per_call_ns) / 1e6
+    stats["finder calls during import torch"] = {
+        "calls": int(calls),
+        "ns_per_call": float(per_call_ns),
+        "total_ms": finder_ms,
+        "ratio": (base_ms + finder_ms) / base_ms,
+    }
+    return stats
+
+
+PATCH_COST = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import npu_compat
+from npu_compat import core
+import importlib
+real = core._on_import
+times = []
+def timed(module, gen=None):
+    t = time.perf_counter_ns()
+    real(module, gen)
+    times.append(time.perf_counter_ns() - t)
+core._on_import = timed
+m = importlib.import_module("sglang.srt.managers.overlap_utils")
+assert [s.state for s in npu_compat.status()] == ["applied", "applied"], npu_compat.status()
+for _ in range(int(sys.argv[2])):  # re-apply on the imported module: deactivate, activate
+    npu_compat.deactivate()
+    npu_compat.activate()
+print(json.dumps(times))
+"""
+
+
+def bench_patch(quick):
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from fixtures import build
+
+    with tempfile.TemporaryDirectory() as d:
+        build(d, "prefix")
+        out = subprocess.run(
+            [PY, "-c", PATCH_COST, d, "20" if quick else "200"],
+            env=_env(NPU_COMPAT_DEVICE="npu"),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    times = json.loads(out.stdout)
+    return {
+        "first application (at import)": {"ms": times[0] / 1e6},
+        "re-application on an imported module": _stats(times[1:]),
+    }
+
+
+def bench_call(quick):
+    import torch
+
+    from npu_compat.impl import overlap_utils as installed
+
+    # What fixed upstream runs on NPU: plain functions with the same body.
+    def plain_assert(values, buf, indices):
+        torch._assert_async(torch.all(values >= 0))
+        buf[indices] = -1
+
+    def plain_gather(indices, topk_p_buf, topk_index_buf, output_tokens_buf, hidden_states_buf):
+        hidden = None if hidden_states_buf is None else hidden_states_buf[indices]
+        return topk_p_buf[indices], topk_index_buf[indices], output_tokens_buf[indices], hidden
+
+    torch.set_num_threads(1)
+    pool, topk, hidden = 4096, 4, 7168
+    g = torch.Generator().manual_seed(0)
+    bufs = (
+        torch.rand(pool, topk, generator=g),
+        torch.randint(0, 150000, (pool, topk), generator=g),
+        torch.randint(0, 150000, (pool,), generator=g),
+        torch.randn(pool, hidden, generator=g).to(torch.bfloat16),
+    )
+    calls = 2000 if quick else 100_000
+    blocks = 10
+    per_block = calls // blocks
+    results = {}
+    for batch in (1, 8, 64, 256):
+        idx = torch.randint(0, pool, (batch,), generator=g)
+        values = bufs[2][idx].clamp(min=0)
+        scratch = torch.zeros(pool, dtype=torch.int64)
+        pairs = {
+            f"_gather_spec_extras batch {batch} (hidden bf16)": (
+                installed._gather_spec_extras, plain_gather, (idx,) + bufs),
+            f"_gather_spec_extras batch {batch} (no hidden)": (
+                installed._gather_spec_extras, plain_gather, (idx,) + bufs[:3] + (None,)),
+            f"_assert_nonneg_and_invalidate batch {batch}": (
+                installed._assert_nonneg_and_invalidate, plain_assert, (values, scratch, idx)),
+        }  # fmt: skip
+        for name, (a, b, args) in pairs.items():
+            for fn in (a, b):  # warm-up
+                for _ in range(min(200, per_block)):
+                    fn(*args)
+            samples = {"installed": [], "plain": []}
+            for blk in range(blocks):  # A/B interleaved, order alternating
+                order = (("installed", a), ("plain", b)) if blk % 2 == 0 else (("plain", b), ("installed", a))
+                for label, fn in order:
+                    t = time.perf_counter_ns()
+                    for _ in range(per_block):
+                        fn(*args)
+                    samples[label].append((time.perf_counter_ns() - t) / per_block)
+            med_a, med_b = statistics.median(samples["installed"]), statistics.median(samples["plain"])
+            results[name] = {
+                "installed_us": med_a / 1e3,
+                "plain_us": med_b / 1e3,
+                "ratio": med_a / med_b,
+                "installed_min_us": min(samples["installed"]) / 1e3,
+                "plain_min_us": min(samples["plain"]) / 1e3,
+                "calls_each": per_block * blocks,
+            }
+    return results
+
+
+def _print_table(title, rows):
+    print(f"\n== {title}")
+    for name, s in rows.items():
+        if "median_ms" in s:
+            extra = f"  ratio {s['ratio']:.3f}" if "ratio" in s else ""
+            print(f"  {name:<58} median {s['median_ms']:9.3f} ms  [{s['min_ms']:.3f} .. {s['max_ms']:.3f}]  n={s['n']}{extra}")
+        elif "installed_us" in s:
+            print(f"  {name:<52} installed {s['installed_us']:9.2f} us  plain {s['plain_us']:9.2f} us  ratio {s['ratio']:.3f}")
+        elif "calls" in s:
+            print(f"  {name:<58} {s['calls']} calls x {s['ns_per_call']:.0f} ns = {s['total_ms']:.3f} ms  ratio {s['ratio']:.4f}")
+        else:
+            print(f"  {name:<58} {s['ms']:.3f} ms")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="few runs (under a minute): checks the script works")
+    p.add_argument("--json", default="bench-results.json", help="where to write the figures (default: %(default)s)")
+    p.add_argument("--only", default="startup,torch,patch,call", help="comma-separated subset")
+    p.add_argument("--anchor", action="append", default=[], metavar="NAME=CMD", help="another command to time at startup")
+    args = p.parse_args(argv)
+    subprocess.run([PY, "-m", "compileall", "-q", os.path.join(ROOT, "npu_compat")], check=True, stdout=subprocess.DEVNULL)
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    runners = {
+        "startup": lambda: bench_startup(args.quick, args.anchor),
+        "torch": lambda: bench_torch(args.quick),
+        "patch": lambda: bench_patch(args.quick),
+        "call": lambda: bench_call(args.quick),
+    }
+    unknown = [w for w in wanted if w not in runners]
+    if unknown:
+        p.error(f"unknown figure(s): {', '.join(unknown)}")
+    results = {
+        "machine": {"python": sys.version.split()[0], "cpus": os.cpu_count(), "quick": args.quick},
+        "command": " ".join([os.path.relpath(sys.argv[0]) if sys.argv else "bench.py"] + (argv if argv is not None else sys.argv[1:])),
+    }
+    t0 = time.perf_counter()
+    for w in wanted:
+        results[w] = runners[w]()
+        _print_table(w, results[w])
+    results["seconds"] = time.perf_counter() - t0
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwrote {args.json} ({results['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
