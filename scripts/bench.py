@@ -27,6 +27,7 @@ single figure.
 
 import argparse
 import json
+import shlex
 import os
 import statistics
 import subprocess
@@ -89,7 +90,7 @@ def bench_startup(quick, anchors):
     ]
     for spec in anchors:
         name, _, cmd = spec.partition("=")
-        cases.append((f"anchor: {name}", cmd.split(), _env()))
+        cases.append((f"anchor: {name}", shlex.split(cmd), _env()))
     return _with_ratios(interleaved(cases, 8 if quick else 60), "bare: python -c pass")
 
 
