@@ -120,3 +120,17 @@ def target_modules():
         if p.module not in out:
             out.append(p.module)
     return tuple(out)
+
+
+def patch_table():
+    """The README's patch table, in Markdown, generated from the registry."""
+    rows = [
+        "| patch | target | why | how | upstream | remove when |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in all_patches():
+        rows.append(
+            f"| `{p.name}` | `{p.module}.{p.function}({', '.join(p.params)})` | {p.why} | {p.how} "
+            f"| [{p.upstream}]({p.upstream_url}) | {p.remove_when} |"
+        )
+    return "\n".join(rows)

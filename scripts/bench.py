@@ -77,16 +77,41 @@ def _with_ratios(stats, base):
     return stats
 
 
-def bench_startup(quick, anchors):
-    import npu_compat
+def clean_venv():
+    """A throwaway venv holding only npu_compat and wrapt, installed as a wheel would be.
 
-    boot = _env(PYTHONPATH=npu_compat.BOOTSTRAP_DIR)
+    The development venv's editable install adds a .pth finder that imports
+    pathlib and re at every start-up (about 8 ms here); measuring there
+    would flatter every ratio.
+    """
+    import shutil
+    import sysconfig
+
+    import wrapt
+
+    d = tempfile.mkdtemp(prefix="npu-compat-bench-")
+    subprocess.run([PY, "-m", "venv", "--without-pip", d], check=True)
+    py = os.path.join(d, "bin", "python")
+    site = subprocess.run(
+        [py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(os.path.join(ROOT, "npu_compat"), os.path.join(site, "npu_compat"), ignore=skip)
+    shutil.copytree(os.path.dirname(wrapt.__file__), os.path.join(site, "wrapt"), ignore=skip)
+    subprocess.run([py, "-m", "compileall", "-q", site], check=True, stdout=subprocess.DEVNULL)
+    dev_site = sysconfig.get_paths()["purelib"]  # torch, for the import-tax figure (no .pth processed)
+    return py, os.path.join(site, "npu_compat", "bootstrap"), dev_site
+
+
+def bench_startup(quick, anchors, venv):
+    py, boot_dir, _ = venv
+    boot = _env(PYTHONPATH=boot_dir)
     cases = [
-        ("bare: python -c pass", [PY, "-c", "pass"], _env()),
-        ("python -c 'import npu_compat'", [PY, "-c", "import npu_compat"], _env()),
-        ("python -c pass, bootstrap on PYTHONPATH", [PY, "-c", "pass"], boot),
-        ("python -c 'import npu_compat', NPU_COMPAT_DISABLE=1", [PY, "-c", "import npu_compat"], _env(NPU_COMPAT_DISABLE="1")),
-        ("anchor: python -c 'import wrapt'", [PY, "-c", "import wrapt"], _env()),
+        ("bare: python -c pass", [py, "-c", "pass"], _env()),
+        ("python -c 'import npu_compat'", [py, "-c", "import npu_compat"], _env()),
+        ("python -c pass, bootstrap on PYTHONPATH", [py, "-c", "pass"], boot),
+        ("python -c 'import npu_compat', NPU_COMPAT_DISABLE=1", [py, "-c", "import npu_compat"], _env(NPU_COMPAT_DISABLE="1")),
+        ("anchor: python -c 'import wrapt' (wrapt %s)" % _wrapt_version(), [py, "-c", "import wrapt"], _env()),
     ]
     for spec in anchors:
         name, _, cmd = spec.partition("=")
@@ -114,13 +139,21 @@ print(calls[0], per_call)
 """
 
 
-def bench_torch(quick):
+def _wrapt_version():
+    import wrapt
+
+    return getattr(wrapt, "__version__", "?")
+
+
+def bench_torch(quick, venv):
+    py, _, dev_site = venv
     cases = [
-        ("import npu_compat, torch (active)", [PY, "-c", "import npu_compat, torch"], _env()),
-        ("import npu_compat, torch (NPU_COMPAT_DISABLE=1)", [PY, "-c", "import npu_compat, torch"], _env(NPU_COMPAT_DISABLE="1")),
-    ]
+        ("import npu_compat, torch (active)", [py, "-c", "import npu_compat, torch"], _env(PYTHONPATH=dev_site)),
+        ("import npu_compat, torch (NPU_COMPAT_DISABLE=1)", [py, "-c", "import npu_compat, torch"],
+         _env(PYTHONPATH=dev_site, NPU_COMPAT_DISABLE="1")),
+    ]  # fmt: skip
     stats = _with_ratios(interleaved(cases, 4 if quick else 40, warmup=2), cases[1][0])
-    out = subprocess.run([PY, "-c", COUNT_FINDER_CALLS], env=_env(), capture_output=True, text=True, check=True)
+    out = subprocess.run([py, "-c", COUNT_FINDER_CALLS], env=_env(PYTHONPATH=dev_site), capture_output=True, text=True, check=True)
     calls, per_call_ns = out.stdout.split()
     base_ms = stats[cases[1][0]]["median_ms"]
     finder_ms = int(calls) * float(per_call_ns) / 1e6
@@ -259,11 +292,11 @@ def main(argv=None):
     p.add_argument("--only", default="startup,torch,patch,call", help="comma-separated subset")
     p.add_argument("--anchor", action="append", default=[], metavar="NAME=CMD", help="another command to time at startup")
     args = p.parse_args(argv)
-    subprocess.run([PY, "-m", "compileall", "-q", os.path.join(ROOT, "npu_compat")], check=True, stdout=subprocess.DEVNULL)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    venv = clean_venv() if {"startup", "torch"} & set(wanted) else None
     runners = {
-        "startup": lambda: bench_startup(args.quick, args.anchor),
-        "torch": lambda: bench_torch(args.quick),
+        "startup": lambda: bench_startup(args.quick, args.anchor, venv),
+        "torch": lambda: bench_torch(args.quick, venv),
         "patch": lambda: bench_patch(args.quick),
         "call": lambda: bench_call(args.quick),
     }

@@ -24,7 +24,8 @@ from conftest import RESULT, TESTS, clean_env
 
 @functools.lru_cache(maxsize=1)
 def sglang_python():
-    candidates = [os.environ.get("NPU_COMPAT_SGLANG_PYTHON"), sys.executable]
+    named = os.environ.get("NPU_COMPAT_SGLANG_PYTHON")
+    candidates = [os.path.abspath(named) if named else None, sys.executable]
     for py in filter(None, candidates):
         probe = subprocess.run(
             [py, "-c", "import sglang.srt.managers.overlap_utils, npu_compat, wrapt"],

@@ -10,8 +10,8 @@ _HOW = (
     "disable=True), which is the plain function: the same call path as the fixed upstream"
 )
 _REMOVE = (
-    "every supported sglang build carries PR #26403 (sglang >= 0.5.13 has it); "
-    "npu_compat then reports upstream-fixed and changes nothing"
+    "every supported sglang build carries PR #26403 (0.5.13 and later do); "
+    "until then it is harmless there: npu_compat reports upstream-fixed and changes nothing"
 )
 
 PATCHES = (
@@ -46,6 +46,9 @@ PATCHES = (
         how=_HOW,
         upstream=_PR,
         upstream_url=_URL,
-        remove_when=_REMOVE,
+        remove_when=(
+            "every supported sglang build carries PR #26403; from 0.5.13 the helper is gone "
+            "(a Triton kernel replaced it) and npu_compat reports absent"
+        ),
     ),
 )

@@ -1,0 +1,32 @@
+"""scripts/bench.py keeps working: --quick runs and produces every figure (values are not asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_quick_produces_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    startup = r["startup"]
+    for name in ("bare: python -c pass", "python -c 'import npu_compat'", "python -c pass, bootstrap on PYTHONPATH"):
+        assert startup[name]["n"] > 0 and startup[name]["median_ms"] > 0 and "ratio" in startup[name]
+    assert any(k.startswith("anchor: python -c 'import wrapt'") for k in startup)
+    torch_fig = r["torch"]
+    assert torch_fig["finder calls during import torch"]["calls"] > 100  # the finder saw torch's imports
+    assert all(v.get("ratio", 0) > 0 for v in torch_fig.values())
+    assert r["patch"]["first application (at import)"]["ms"] > 0
+    assert r["patch"]["re-application on an imported module"]["n"] > 0
+    calls = r["call"]
+    assert len(calls) == 12  # 3 helpers/variants x batch 1, 8, 64, 256
+    assert all(v["installed_us"] > 0 and v["plain_us"] > 0 and v["calls_each"] > 0 for v in calls.values())
