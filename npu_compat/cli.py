@@ -61,7 +61,9 @@ def _status(args):
         print(json.dumps(rep, indent=2, default=str))
     else:
         print(info.format_text(rep))
-    bad = {"failed", "incompatible", "replaced", "import-error"}
+    from npu_compat import core
+
+    bad = {core.FAILED, core.INCOMPATIBLE, core.REPLACED, core.IMPORT_ERROR}
     return 1 if any(p["state"] in bad for p in rep["patches"]) and npu_compat.is_active() else 0
 
 

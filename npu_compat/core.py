@@ -38,10 +38,11 @@ DISABLED = "disabled"
 INACTIVE = "inactive"
 NOT_INSTALLED = "not-installed"
 REPLACED = "replaced"
+IMPORT_ERROR = "import-error"  # only from `npu-compat status`, which imports the target itself
 
 STATES = (
     APPLIED, NOT_NEEDED, ABSENT, INCOMPATIBLE, UPSTREAM_FIXED, FAILED,
-    PENDING, DISABLED, INACTIVE, NOT_INSTALLED, REPLACED,
+    PENDING, DISABLED, INACTIVE, NOT_INSTALLED, REPLACED, IMPORT_ERROR,
 )  # fmt: skip
 
 _MISSING = object()
@@ -80,7 +81,6 @@ class _State:
         self.outcomes = {}  # patch name -> _Outcome, for the current activation
         self.originals = {}  # (module, attr) -> first original seen (first wins)
         self.hooks = {}  # module name -> hook registered with wrapt
-        self.errors = ()  # registry problems, reported by status
 
 
 _state = _State()
@@ -88,8 +88,7 @@ _state = _State()
 
 def arm_package(package):
     """Hook up every target module inside ``package`` (called once it loads)."""
-    patches, errors = registry.load()
-    _state.errors = errors
+    _, errors = registry.load()
     for err in errors:
         _log.warning_once(("registry", err), "npu_compat: %s", err)
     if errors and _env.strict():
@@ -155,14 +154,14 @@ def _fail_module(module_name, reason):
 
 
 def _param_names(fn):
+    # A plain function answers from its code object; anything else via inspect.
     code = getattr(fn, "__code__", None)
     if code is not None and not getattr(fn, "__wrapped__", None):
         n = code.co_argcount + code.co_kwonlyargcount
-        return tuple(code.co_varnames[:n]), None
+        return tuple(code.co_varnames[:n])
     import inspect
 
-    sig = inspect.signature(fn)
-    return tuple(sig.parameters), sig
+    return tuple(inspect.signature(fn).parameters)
 
 
 def _sig_text(fn, names):
@@ -195,7 +194,7 @@ def _decide(patch, module, disabled_names):
     if current is ours:
         return _Outcome(APPLIED, f"{patch.function} is already npu_compat's implementation", ours, ours)
     original = getattr(current, "_torchdynamo_orig_callable", None)
-    names, _ = _param_names(original if original is not None else current)
+    names = _param_names(original if original is not None else current)
     if names != patch.params:
         found = _sig_text(original if original is not None else current, names)
         reason = (

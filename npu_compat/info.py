@@ -45,7 +45,7 @@ def build(import_targets=False):
     for st in core.status():
         entry = st.as_dict()
         if st.module in problems and st.state in (core.PENDING, core.NOT_INSTALLED):
-            entry["state"] = "import-error"
+            entry["state"] = core.IMPORT_ERROR
             entry["reason"] = f"importing {st.module} failed: {problems[st.module]}"
         rec = records[st.name]
         entry.update(why=rec.why, how=rec.how, upstream_url=rec.upstream_url, remove_when=rec.remove_when)

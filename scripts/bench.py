@@ -13,6 +13,8 @@ Figures (medians over runs after a warm-up; min and max beside them):
   torch    `import npu_compat, torch` with npu_compat active vs disabled
            (NPU_COMPAT_DISABLE=1), and the cost of npu_compat's finder,
            counted: calls during `import torch` x ns per call.  Goal: <= 1.01.
+  instructions  instructions executed (valgrind callgrind) for the startup
+           cases and for the torch import: deterministic where wall time is noisy.
   patch    time from the target module's end to the patch in place
            (npu_compat's post-import hook on a pre-fix overlap_utils).
            Goal: < 1 ms.
@@ -28,6 +30,7 @@ single figure.
 import argparse
 import json
 import shlex
+import shutil
 import os
 import statistics
 import subprocess
@@ -53,9 +56,16 @@ def _stats(samples_ns):
 
 
 def _time_cmd(cmd, env):
+    """(wall ns, CPU ns) of one run of cmd: CPU is the child's user+system time,
+    which other load on the machine disturbs less than wall time."""
     t = time.perf_counter_ns()
-    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter_ns() - t
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter_ns() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return wall, int((usage.ru_utime + usage.ru_stime) * 1e9)
 
 
 def interleaved(cases, runs, warmup=3):
@@ -63,17 +73,26 @@ def interleaved(cases, runs, warmup=3):
     for _ in range(warmup):
         for _, cmd, env in cases:
             _time_cmd(cmd, env)
-    samples = {name: [] for name, _, _ in cases}
-    for _ in range(runs):
-        for name, cmd, env in cases:
-            samples[name].append(_time_cmd(cmd, env))
-    return {name: _stats(v) for name, v in samples.items()}
+    wall = {name: [] for name, _, _ in cases}
+    cpu = {name: [] for name, _, _ in cases}
+    for i in range(runs):
+        # Alternate the order each round so no case always runs first.
+        for name, cmd, env in cases if i % 2 == 0 else cases[::-1]:
+            w, c = _time_cmd(cmd, env)
+            wall[name].append(w)
+            cpu[name].append(c)
+    out = {}
+    for name in wall:
+        out[name] = _stats(wall[name])
+        out[name]["cpu_median_ms"] = statistics.median(cpu[name]) / 1e6
+    return out
 
 
 def _with_ratios(stats, base):
-    b = stats[base]["median_ms"]
+    b, bc = stats[base]["median_ms"], stats[base]["cpu_median_ms"]
     for s in stats.values():
         s["ratio"] = s["median_ms"] / b
+        s["cpu_ratio"] = s["cpu_median_ms"] / bc
     return stats
 
 
@@ -84,7 +103,6 @@ def clean_venv():
     pathlib and re at every start-up (about 8 ms here); measuring there
     would flatter every ratio.
     """
-    import shutil
     import sysconfig
 
     import wrapt
@@ -151,8 +169,9 @@ def bench_torch(quick, venv):
         ("import npu_compat, torch (active)", [py, "-c", "import npu_compat, torch"], _env(PYTHONPATH=dev_site)),
         ("import npu_compat, torch (NPU_COMPAT_DISABLE=1)", [py, "-c", "import npu_compat, torch"],
          _env(PYTHONPATH=dev_site, NPU_COMPAT_DISABLE="1")),
+        ("import torch (no npu_compat)", [py, "-c", "import torch"], _env(PYTHONPATH=dev_site)),
     ]  # fmt: skip
-    stats = _with_ratios(interleaved(cases, 4 if quick else 40, warmup=2), cases[1][0])
+    stats = _with_ratios(interleaved(cases, 4 if quick else 60, warmup=2), cases[1][0])
     out = subprocess.run([py, "-c", COUNT_FINDER_CALLS], env=_env(PYTHONPATH=dev_site), capture_output=True, text=True, check=True)
     calls, per_call_ns = out.stdout.split()
     base_ms = stats[cases[1][0]]["median_ms"]
@@ -192,20 +211,58 @@ def bench_patch(quick):
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from fixtures import build
 
+    firsts, again = [], []
     with tempfile.TemporaryDirectory() as d:
         build(d, "prefix")
-        out = subprocess.run(
-            [PY, "-c", PATCH_COST, d, "20" if quick else "200"],
-            env=_env(NPU_COMPAT_DEVICE="npu"),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    times = json.loads(out.stdout)
+        for i in range(3 if quick else 20):  # a fresh process each: the first application is the real one
+            out = subprocess.run(
+                [PY, "-c", PATCH_COST, d, "0" if i else ("20" if quick else "200")],
+                env=_env(NPU_COMPAT_DEVICE="npu"),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            times = json.loads(out.stdout)
+            firsts.append(times[0])
+            again.extend(times[1:])
     return {
-        "first application (at import)": {"ms": times[0] / 1e6},
-        "re-application on an imported module": _stats(times[1:]),
+        "first application, at the target's import (one per process)": _stats(firsts[1:] or firsts),
+        "re-application on an imported module": _stats(again),
     }
+
+
+def _instructions(cmd, env):
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True,
+    )  # fmt: skip
+    for line in out.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.split(":")[-1].replace(",", ""))
+    raise RuntimeError("callgrind printed no instruction count")
+
+
+def bench_instructions(quick, venv):
+    """Instructions executed (callgrind): deterministic where wall time is noisy."""
+    py, boot_dir, dev_site = venv
+    cases = [
+        ("bare: python -c pass", [py, "-c", "pass"], _env()),
+        ("python -c 'import npu_compat'", [py, "-c", "import npu_compat"], _env()),
+        ("python -c pass, bootstrap on PYTHONPATH", [py, "-c", "pass"], _env(PYTHONPATH=boot_dir)),
+        ("anchor: python -c 'import wrapt' (wrapt %s)" % _wrapt_version(), [py, "-c", "import wrapt"], _env()),
+    ]
+    if not quick:  # about a minute each under valgrind
+        cases += [
+            ("import npu_compat, torch (NPU_COMPAT_DISABLE=1)", [py, "-c", "import npu_compat, torch"],
+             _env(PYTHONPATH=dev_site, NPU_COMPAT_DISABLE="1")),
+            ("import npu_compat, torch (active)", [py, "-c", "import npu_compat, torch"], _env(PYTHONPATH=dev_site)),
+        ]  # fmt: skip
+    out = {name: {"instructions": _instructions(cmd, env)} for name, cmd, env in cases}
+    bare = out["bare: python -c pass"]["instructions"]
+    for name, v in out.items():
+        base = out.get("import npu_compat, torch (NPU_COMPAT_DISABLE=1)", {}).get("instructions") if "torch" in name else bare
+        v["ratio"] = v["instructions"] / base
+    return out
 
 
 def bench_call(quick):
@@ -275,10 +332,12 @@ def _print_table(title, rows):
     print(f"\n== {title}")
     for name, s in rows.items():
         if "median_ms" in s:
-            extra = f"  ratio {s['ratio']:.3f}" if "ratio" in s else ""
+            extra = f"  ratio {s['ratio']:.3f} (CPU time {s['cpu_ratio']:.3f})" if "ratio" in s else ""
             print(f"  {name:<58} median {s['median_ms']:9.3f} ms  [{s['min_ms']:.3f} .. {s['max_ms']:.3f}]  n={s['n']}{extra}")
         elif "installed_us" in s:
             print(f"  {name:<52} installed {s['installed_us']:9.2f} us  plain {s['plain_us']:9.2f} us  ratio {s['ratio']:.3f}")
+        elif "instructions" in s:
+            print(f"  {name:<58} {s['instructions']:>14,} instructions  ratio {s['ratio']:.4f}")
         elif "calls" in s:
             print(f"  {name:<58} {s['calls']} calls x {s['ns_per_call']:.0f} ns = {s['total_ms']:.3f} ms  ratio {s['ratio']:.4f}")
         else:
@@ -289,14 +348,22 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few runs (under a minute): checks the script works")
     p.add_argument("--json", default="bench-results.json", help="where to write the figures (default: %(default)s)")
-    p.add_argument("--only", default="startup,torch,patch,call", help="comma-separated subset")
+    p.add_argument(
+        "--only",
+        default="startup,torch,instructions,patch,call",
+        help="comma-separated subset (instructions needs valgrind; skipped without it)",
+    )
     p.add_argument("--anchor", action="append", default=[], metavar="NAME=CMD", help="another command to time at startup")
     args = p.parse_args(argv)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()]
-    venv = clean_venv() if {"startup", "torch"} & set(wanted) else None
+    if "instructions" in wanted and not shutil.which("valgrind"):
+        print("valgrind not found: skipping the instruction counts")
+        wanted.remove("instructions")
+    venv = clean_venv() if {"startup", "torch", "instructions"} & set(wanted) else None
     runners = {
         "startup": lambda: bench_startup(args.quick, args.anchor, venv),
         "torch": lambda: bench_torch(args.quick, venv),
+        "instructions": lambda: bench_instructions(args.quick, venv),
         "patch": lambda: bench_patch(args.quick),
         "call": lambda: bench_call(args.quick),
     }
