@@ -81,6 +81,7 @@ class _State:
         self.outcomes = {}  # patch name -> _Outcome, for the current activation
         self.originals = {}  # (module, attr) -> first original seen (first wins)
         self.hooks = {}  # module name -> hook registered with wrapt
+        self.evaluated = {}  # module name -> (generation, module object) last evaluated
 
 
 _state = _State()
@@ -98,14 +99,41 @@ def arm_package(package):
             _arm(mod)
 
 
+class _Registering:
+    """Per thread: is this thread inside wrapt.register_post_import_hook?"""
+
+    def __init__(self):
+        import _thread
+
+        self._local = _thread._local()
+
+    @property
+    def active(self):
+        return getattr(self._local, "on", False)
+
+    @active.setter
+    def active(self, value):
+        self._local.on = value
+
+
+_registering = _Registering()
+
+
 def _arm(module_name):
-    """Register wrapt's post-import hook for one target module."""
+    """Register wrapt's post-import hook for one target module.
+
+    Then make sure the module is evaluated even if an import of it was
+    already under way in another thread: wrapt's notification reaches only
+    hooks registered before the importer looked the module up.
+    """
     with _light.lock:
         if not _light.active or module_name in _state.hooks:
             return
         gen = _light.generation
 
         def hook(module, _gen=gen):
+            if _registering.active and _initializing(module):
+                return  # wrapt's at-once call on a module still executing: reconciled below
             _on_import(module, _gen)
 
         _state.hooks[module_name] = hook
@@ -114,28 +142,38 @@ def _arm(module_name):
     except Exception as exc:
         _fail_module(module_name, f"wrapt cannot be imported ({type(exc).__name__}: {exc})")
         return
+    _registering.active = True
+    try:
+        wrapt.register_post_import_hook(hook, module_name)
+    finally:
+        _registering.active = False
+    # Any import of the module that started before the hook was registered
+    # holds the module's import lock until it is done: wait for it (holding
+    # none of ours), then evaluate what it produced.  Evaluation is
+    # idempotent per activation and module object.
     _wait_for_import(module_name)
-    wrapt.register_post_import_hook(hook, module_name)
+    module = sys.modules.get(module_name)
+    if module is not None and not _initializing(module):
+        _on_import(module, gen)
+
+
+def _initializing(module):
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
 def _wait_for_import(name):
-    """If another thread is executing module `name` right now, wait for it.
+    """Return once no other thread is importing module `name`.
 
-    wrapt calls a hook at once for a module already in ``sys.modules``, even
-    one still executing; its own post-import notification would not include a
-    hook registered that late.  Waiting on the module's import lock (without
-    holding ours) lets the hook see the finished module.
+    Acquires and releases the module's import lock, as the import system
+    itself does for a module another thread is still executing.  Returns at
+    once when this thread is the importer (the lock is re-entrant).
     """
-    mod = sys.modules.get(name)
-    spec = getattr(mod, "__spec__", None)
-    if mod is None or not getattr(spec, "_initializing", False):
-        return
     import importlib._bootstrap as bootstrap
 
     wait = getattr(bootstrap, "_lock_unlock_module", None)
     if wait is not None:
         try:
-            wait(name)  # returns at once when this thread is the importer
+            wait(name)
         except Exception:
             pass
 
@@ -244,6 +282,10 @@ def _on_import(module, gen=None):
         with _light.lock:
             if not _light.active or (gen is not None and gen != _light.generation):
                 return
+            done = _state.evaluated.get(name)
+            if done is not None and done[0] == _light.generation and done[1] is module:
+                return  # already evaluated in this activation (wrapt and _arm may both call)
+            _state.evaluated[name] = (_light.generation, module)
             _, disabled_names = _env.disabled({p.name for p in registry.all_patches()})
             for patch in registry.all_patches():
                 if patch.module != name:
@@ -306,6 +348,7 @@ def deactivate():
                     p.module, p.function,
                 )  # fmt: skip
         _state.outcomes.clear()
+        _state.evaluated.clear()
         hooks, _state.hooks = _state.hooks, {}
         _light.routes.clear()
         npu_compat._unpropagate()

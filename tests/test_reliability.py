@@ -104,11 +104,11 @@ report.emit(bad=bad, errors=errors, outcomes=outcomes, reps=reps)
 
 
 def test_sixteen_importers_against_activate_deactivate_activate(tree):
-    proc, r = run_py(CONCURRENCY, tree=tree("light"), env=FORCED, args=["200"], timeout=600)
+    proc, r = run_py(CONCURRENCY, tree=tree("light"), env=FORCED, args=["1000"], timeout=600)
     assert "deadlock" not in r, r
     assert r["errors"] == []
     assert r["bad"] == []
-    assert r["outcomes"] == {"ours": 100, "upstream": 100}
+    assert r["outcomes"] == {"ours": 500, "upstream": 500}
     assert "Traceback" not in proc.stderr
     record_cases("concurrency: 16 importing threads vs activate/deactivate/activate", r["reps"])
 

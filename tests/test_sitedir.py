@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TESTS, clean_env
+from conftest import TESTS, clean_env, record_cases
 
 import npu_compat
 from npu_compat import sitedir
@@ -66,6 +66,7 @@ def test_round_trip_is_byte_identical_and_the_installed_file_works(site, previou
     r = cli("uninstall", "--site-dir", str(site))
     assert r.returncode == 0, r.stderr
     assert snapshot(site) == before
+    record_cases("site dir: install/uninstall round trip, byte-identical", 1)
 
 
 def test_dry_run_changes_nothing(site):
@@ -139,6 +140,7 @@ def test_refusals_leave_the_directory_exactly_as_it_was(site, tmp_path, case):
     assert r.returncode == 1, (fn.__name__, r.stdout, r.stderr)
     assert len(r.stderr.strip().splitlines()) == 1 and "refused" in r.stderr and "Traceback" not in r.stderr
     assert snapshot(site) == before, fn.__name__
+    record_cases("site dir: refusals leave it unchanged", 1)
 
 
 @pytest.mark.parametrize("fault", ["read-only", "disk-full", "fsync", "replace"])
@@ -169,6 +171,7 @@ def test_write_faults_leave_the_directory_exactly_as_it_was(site, monkeypatch, f
     monkeypatch.undo()
     assert "nothing changed" in str(info.value)
     assert snapshot(site) == before
+    record_cases("site dir: write faults leave it unchanged", 1)
 
 
 KILLER = """
@@ -207,6 +210,7 @@ def test_a_crash_mid_change_leaves_old_or_new_never_a_mix(site, when, action):
     except sitedir.Refused:
         pass
     assert [n for n in os.listdir(site) if n.startswith(".npu-compat-")] == []
+    record_cases("site dir: killed mid-change, old or new never a mix", 1)
 
 
 def test_default_site_dir_is_this_interpreters_purelib():
