@@ -60,25 +60,89 @@ _state = _State()
 
 
 class _Sentinel:
-    """A meta-path finder that never finds anything; it notices ``sglang``.
+    """A meta-path finder that notices ``sglang`` start to load, at no cost before.
 
-    When the watched package is first looked up, npu_compat.core imports
-    wrapt and registers the real post-import hooks.  The finder stays on
-    ``sys.meta_path`` once inserted (removing a finder while another thread
-    walks the list could make that thread skip one); disarmed it costs one
-    call and a set lookup per import.
+    Python calls finders while holding its global import lock, so nothing may
+    be imported or waited for here.  The finder only looks the module up with
+    the finders after it and wraps the loader it gets: npu_compat.core
+    (wrapt's hooks) is armed in ``exec_module``, when the package really
+    executes.  A mere lookup (``importlib.util.find_spec("sglang")``) arms
+    nothing.  Any ``sglang.*`` name counts, so an import already past the
+    top-level lookup in another thread is still caught.
+
+    The finder stays on ``sys.meta_path`` once inserted (removing a finder
+    while another thread walks the list could make that thread skip one);
+    disarmed it costs one call per import.
     """
 
     def __init__(self):
         self.watch = frozenset()
+        self._local = _thread._local()
 
     def find_spec(self, name, path=None, target=None):
-        if name in self.watch:
-            self.watch = self.watch - {name}
-            from npu_compat import core
+        watch = self.watch
+        if not watch or name.partition(".")[0] not in watch or getattr(self._local, "busy", False):
+            return None
+        self._local.busy = True  # the finders below may call back into the import system
+        try:
+            for finder in list(sys.meta_path):
+                find = None if finder is self else getattr(finder, "find_spec", None)
+                spec = find(name, path, target) if find is not None else None
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._local.busy = False
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module") or isinstance(loader, _ArmingLoader):
+            return None  # let the import system find it the usual way
+        spec.loader = _ArmingLoader(loader)
+        return spec
 
-            core.arm_package(name)
-        return None
+
+class _ArmingLoader:
+    """Wraps a watched module's loader: arms npu_compat, then executes the module."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):  # get_code, is_package, get_resource_reader, ...
+        return getattr(self.loader, name)
+
+    def create_module(self, spec):
+        create = getattr(self.loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module):
+        real = self.loader
+        # Hand the real loader back to everything that looks at it later.
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.loader is self:
+            spec.loader = real
+        if getattr(module, "__loader__", None) is self:
+            try:
+                module.__loader__ = real
+            except Exception:
+                pass
+        top = module.__name__.partition(".")[0]
+        if top in _sentinel.watch:
+            _sentinel.watch = _sentinel.watch - {top}
+            _arm_package(top)
+        real.exec_module(module)
+
+
+def _arm_package(package):
+    from npu_compat import core
+
+    try:
+        core.arm_package(package)
+    except NpuCompatError:
+        raise  # NPU_COMPAT_STRICT=1 asked for it
+    except Exception as exc:  # never fail the host's import
+        from npu_compat import _log
+
+        _log.warning("npu_compat: could not arm the import hook: %s: %s", type(exc).__name__, exc)
 
 
 _sentinel = _Sentinel()
@@ -89,8 +153,10 @@ def _norm(path):
 
 
 def _without_bootstrap(pythonpath):
+    # An empty entry ("/x:" after `PYTHONPATH=/x:$PYTHONPATH`) means the
+    # current directory: keep it.  Only an unset or empty variable has none.
     boot = _norm(BOOTSTRAP_DIR)
-    return [p for p in (pythonpath or "").split(os.pathsep) if p and _norm(p) != boot]
+    return [p for p in pythonpath.split(os.pathsep) if _norm(p) != boot] if pythonpath else []
 
 
 def child_env(env, route="run"):
@@ -152,9 +218,7 @@ def activate(route="api"):
             if _sentinel not in sys.meta_path:
                 sys.meta_path.insert(0, _sentinel)
     for package in now:  # already loading or loaded: hook up at once
-        from npu_compat import core
-
-        core.arm_package(package)
+        _arm_package(package)
     return _state.active
 
 

@@ -75,6 +75,7 @@ def _run(args):
         sys.stderr.write(f"{PROG} run: error: no command given (usage: {PROG} run -- COMMAND [ARGS...])\n")
         return 2
     env = npu_compat.child_env(os.environ, route="run")
+    env[npu_compat.ORIGIN_VAR] = f"run:{os.getpid()}"  # exec keeps the pid: the command reports route "run"
     try:
         # exec, not a child: exit status and signals are the command's own,
         # and no shell ever parses the arguments.

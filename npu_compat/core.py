@@ -414,9 +414,9 @@ def status():
         outcome = outcomes.get(p.name)
         ours = outcome.ours if outcome is not None else _MISSING
         installed = "not imported" if mod is None else _describe(current, p, ours)
-        if everything_off:
+        if not active and everything_off:
             state, reason = DISABLED, "NPU_COMPAT_DISABLE turns npu_compat off"
-        elif p.name in disabled_names:
+        elif p.name in disabled_names and outcome is None:
             state, reason = DISABLED, f"NPU_COMPAT_DISABLE names {p.name}"
         elif not active:
             state, reason = INACTIVE, "npu_compat is not active in this process"

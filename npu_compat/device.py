@@ -11,6 +11,9 @@ import sys
 from npu_compat import _env
 
 _cache = None  # (is_npu, reason)
+_NO_MODULE = "torch has no 'npu' device module"
+_NOT_LOADED = "torch_npu is installed but not loaded"
+_TRANSIENT = (_NO_MODULE, _NOT_LOADED)
 
 
 def _torch_npu_installed():
@@ -42,8 +45,8 @@ def _detect():
         return False, f"reading torch.npu raised {type(exc).__name__}: {exc}"
     if npu is None:
         if _torch_npu_installed():
-            return False, "torch_npu is installed but not loaded: torch has no 'npu' device module"
-        return False, "torch has no 'npu' device module (torch_npu is not installed)"
+            return False, f"{_NOT_LOADED}: torch has no 'npu' device module"
+        return False, f"{_NO_MODULE} (torch_npu is not installed)"
     try:
         available = bool(npu.is_available())
     except Exception as exc:
@@ -54,11 +57,18 @@ def _detect():
 
 
 def detect():
-    """Return ``(is_npu, reason)``; computed on first use and cached."""
+    """Return ``(is_npu, reason)``; computed on first use and cached.
+
+    "torch has no npu module yet" is not cached: torch_npu may still be
+    imported later (torch < 2.5 does not autoload it).
+    """
     global _cache
-    if _cache is None:
-        _cache = _detect()
-    return _cache
+    if _cache is not None:
+        return _cache
+    result = _detect()
+    if not result[1].startswith(_TRANSIENT):
+        _cache = result
+    return result
 
 
 def is_npu():

@@ -90,7 +90,7 @@ def _parse(text):
     return (None if prev is None else base64.b64decode(prev)), ns.get("_NPU_COMPAT_PREVIOUS_MODE")
 
 
-def _check_dir(site_dir):
+def _check_dir(site_dir, clean=True):
     if not os.path.isdir(site_dir):
         raise Refused(f"{site_dir} is not a directory")
     if not os.access(site_dir, os.W_OK | os.X_OK):
@@ -99,7 +99,8 @@ def _check_dir(site_dir):
         # A package or a compiled module of that name would be imported instead.
         if entry == "sitecustomize" or (entry.startswith("sitecustomize.") and entry.endswith((".so", ".pyd", ".pyc"))):
             raise Refused(f"{os.path.join(site_dir, entry)} would compete with {NAME}; not touching it")
-    _clean_stale(site_dir)
+    if clean:  # never on a dry run: it changes nothing, not even a stale temporary file
+        _clean_stale(site_dir)
 
 
 def _clean_stale(site_dir):
@@ -152,9 +153,9 @@ def _atomic_remove(site_dir):
     os.unlink(os.path.join(site_dir, NAME))
 
 
-def plan_install(site_dir):
+def plan_install(site_dir, clean=False):
     """Return the text install() would write, or raise Refused."""
-    _check_dir(site_dir)
+    _check_dir(site_dir, clean)
     path = os.path.join(site_dir, NAME)
     data, mode = _read_current(path)
     if data is not None:
@@ -173,15 +174,15 @@ def plan_install(site_dir):
 
 def install(site_dir, dry_run=False):
     """Write npu-compat's sitecustomize.py into site_dir.  Returns the text."""
-    text = plan_install(site_dir)
+    text = plan_install(site_dir, clean=not dry_run)
     if not dry_run:
         _write(site_dir, text.encode("utf-8"), 0o644)
     return text
 
 
-def plan_uninstall(site_dir):
+def plan_uninstall(site_dir, clean=False):
     """Return the previous bytes (None: remove the file), or raise Refused."""
-    _check_dir(site_dir)
+    _check_dir(site_dir, clean)
     path = os.path.join(site_dir, NAME)
     data, _ = _read_current(path)
     if data is None:
@@ -195,7 +196,7 @@ def plan_uninstall(site_dir):
 
 def uninstall(site_dir, dry_run=False):
     """Put back what was there before install.  Returns the previous bytes or None."""
-    previous, mode = plan_uninstall(site_dir)
+    previous, mode = plan_uninstall(site_dir, clean=not dry_run)
     if not dry_run:
         if previous is None:
             _atomic_remove(site_dir)

@@ -99,7 +99,7 @@ def test_run_patches_a_process_that_never_imports_npu_compat(tree):
     )
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.split("RESULT:", 1)[1])
-    assert r["helpers"] == OURS and r["route"] == "inherited"
+    assert r["helpers"] == OURS and r["route"] == "run"
 
 
 @pytest.mark.parametrize("code", [0, 1, 3])
@@ -142,7 +142,7 @@ def test_run_errors():
 
 def test_nested_run_and_repeated_activation_do_not_grow_pythonpath():
     inner = "import os, npu_compat; npu_compat.activate(); npu_compat.activate(); print(os.environ['PYTHONPATH'])"
-    env = clean_env(PYTHONPATH="/opt/a:/opt/b")
+    env = clean_env(PYTHONPATH="/opt/a:/opt/b:")  # the empty entry (the current directory) is kept
     proc = subprocess.run(
         _npu_compat_cmd("run", "--", *_npu_compat_cmd("run", "--", sys.executable, "-c", inner)),
         env=env,
@@ -151,7 +151,7 @@ def test_nested_run_and_repeated_activation_do_not_grow_pythonpath():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().split(os.pathsep) == [npu_compat.BOOTSTRAP_DIR, "/opt/a", "/opt/b"]
+    assert proc.stdout.strip("\n").split(os.pathsep) == [npu_compat.BOOTSTRAP_DIR, "/opt/a", "/opt/b", ""]
 
 
 def test_deactivate_takes_the_environment_back():
@@ -184,17 +184,19 @@ def test_bootstrap_chains_to_the_images_own_sitecustomize_once_after_activation(
         "active = 'npu_compat' in sys.modules and sys.modules['npu_compat'].is_active()\n"
         f"open({str(marks)!r}, 'a').write(f'user sitecustomize ran, npu_compat active={{active}}\\n')\n"
         "USER_MARK = 42\n"
+        "sys.path.append('/opt/image-extra')  # what the image's start-up adds must stay\n"
     )
     env = clean_env(PYTHONPATH=os.pathsep.join([npu_compat.BOOTSTRAP_DIR, str(user), TESTS]))
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys, npu_compat, sitecustomize; print(npu_compat.route(), sitecustomize.USER_MARK)"],
+        [sys.executable, "-c", "import sys, npu_compat, sitecustomize; "
+         "print(npu_compat.route(), sitecustomize.USER_MARK, '/opt/image-extra' in sys.path, sys.path.count(npu_compat.BOOTSTRAP_DIR))"],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["sitecustomize", "42"]
+    assert proc.stdout.split() == ["sitecustomize", "42", "True", "1"]
     assert marks.read_text().splitlines() == ["user sitecustomize ran, npu_compat active=True"]
 
 

@@ -326,3 +326,91 @@ def test_no_setting_makes_npu_compat_import_anything_else(tree, tmp_path):
         tried += 1
     assert not mark.exists(), mark.read_text()
     record_cases("no outside code: settings naming modules", tried)
+
+
+# --- the import system's own lock ---------------------------------------------------
+
+LOCK_RACE = """
+import os, sys, threading, time
+import npu_compat
+from support import report
+delay = float(sys.argv[1])
+done = {}
+def target():
+    time.sleep(delay)
+    import sglang.srt.managers.overlap_utils
+    done["target"] = True
+def other():
+    import wrapt  # another library importing wrapt (or inspect, ast, ...) at the same moment
+    done["other"] = True
+ts = [threading.Thread(target=other, daemon=True), threading.Thread(target=target, daemon=True)]
+for t in ts:
+    t.start()
+for t in ts:
+    t.join(20)
+report.emit(hung=any(t.is_alive() for t in ts), done=sorted(done), states=report.states())
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("delay", [0, 0.001, 0.003, 0.01])
+def test_no_deadlock_when_another_thread_imports_what_npu_compat_needs(tree, delay):
+    # Finders run under Python's global import lock: npu_compat imports and
+    # waits only once sglang executes, never inside its finder.
+    _, r = run_py(LOCK_RACE, tree=tree("light"), env=FORCED, args=[str(delay)], timeout=120)
+    assert r["hung"] is False
+    assert r["done"] == ["other", "target"]
+    assert set(r["states"].values()) == {"applied"}
+    record_cases("no deadlock: a thread importing wrapt while sglang loads", 1)
+
+
+def test_looking_sglang_up_imports_nothing_and_arms_nothing(tree):
+    _, r = run_py(
+        """
+import importlib.util, sys
+import npu_compat
+from support import report
+spec = importlib.util.find_spec("sglang")
+probe = {"wrapt": "wrapt" in sys.modules, "core": "npu_compat.core" in sys.modules, "found": spec is not None}
+import sglang.srt.managers.overlap_utils as m
+report.emit(probe=probe, helpers=report.describe(m), loader=type(sys.modules["sglang"].__loader__).__name__)
+""",
+        tree=tree("light"),
+        env=FORCED,
+    )
+    assert r["probe"] == {"wrapt": False, "core": False, "found": True}
+    assert r["helpers"] == OURS  # the later real import is still caught
+    assert r["loader"] == "SourceFileLoader"  # the real loader is handed back
+
+
+def test_a_not_npu_answer_before_torch_npu_loads_is_not_kept(tree):
+    # torch < 2.5 does not autoload torch_npu: an early is_npu() must not stick.
+    _, r = run_py(
+        """
+import npu_compat
+from support import fake_npu, report
+early = npu_compat.is_npu()
+fake_npu.install()  # what `import torch_npu` does
+import sglang.srt.managers.overlap_utils as m
+report.emit(early=early, helpers=report.describe(m), states=report.states())
+""",
+        tree=tree("prefix"),
+    )
+    assert r["early"] is False
+    assert r["helpers"] == OURS and set(r["states"].values()) == {"applied"}
+
+
+def test_status_keeps_reporting_an_applied_patch_after_the_setting_changes(tree):
+    _, r = run_py(
+        """
+import os
+import npu_compat
+import sglang.srt.managers.overlap_utils as m
+from support import report
+os.environ["NPU_COMPAT_DISABLE"] = "1"  # set after the fact: the module is still patched
+report.emit(states=report.states(), helpers=report.describe(m))
+""",
+        tree=tree("light"),
+        env=FORCED,
+    )
+    assert r["helpers"] == OURS and set(r["states"].values()) == {"applied"}

@@ -14,7 +14,7 @@ def _npu_compat_bootstrap():
 
     here = os.path.dirname(os.path.abspath(__file__))
     # Read before importing npu_compat, whose own activation sets it.
-    inherited = os.environ.get("NPU_COMPAT_ORIGIN")
+    origin = os.environ.get("NPU_COMPAT_ORIGIN")
     try:
         import npu_compat
     except ImportError:
@@ -22,15 +22,23 @@ def _npu_compat_bootstrap():
         npu_compat = None
     if npu_compat is not None:
         try:
-            npu_compat.activate(route="inherited" if inherited else "sitecustomize")
+            if not origin:
+                route = "sitecustomize"
+            elif origin == f"run:{os.getpid()}":  # `npu-compat run` exec'd into this very process
+                route = "run"
+            else:
+                route = "inherited"
+            npu_compat.activate(route=route)
         except Exception as exc:  # never break interpreter start-up
             sys.stderr.write(f"npu_compat: activation failed: {type(exc).__name__}: {exc}\n")
 
     # Chain: hide this directory and this module, import sitecustomize again
-    # (Python finds the next one along sys.path), then put the path back.
+    # (Python finds the next one along sys.path), then put this directory
+    # back where it was, keeping whatever the chained module added.
     mine = sys.modules.pop("sitecustomize", None)
-    saved_path = sys.path[:]
-    sys.path[:] = [p for p in sys.path if os.path.normcase(os.path.abspath(p or os.curdir)) != os.path.normcase(here)]
+    ours = [(i, p) for i, p in enumerate(sys.path) if os.path.normcase(os.path.abspath(p or os.curdir)) == os.path.normcase(here)]
+    for _, p in reversed(ours):
+        sys.path.remove(p)
     try:
         import sitecustomize  # noqa: F401  (the image's own, if any)
     except ImportError as exc:
@@ -39,7 +47,8 @@ def _npu_compat_bootstrap():
     except Exception as exc:
         _report(exc)
     finally:
-        sys.path[:] = saved_path
+        for i, p in ours:
+            sys.path.insert(i, p)
         if "sitecustomize" not in sys.modules and mine is not None:
             sys.modules["sitecustomize"] = mine
 
