@@ -536,6 +536,19 @@ class _FileScan:
     def _base_known(self, name):
         return self._bound(name) or hasattr(builtins, name)
 
+    def _through_def(self, kind, name, evaluate, depth):
+        """Evaluate a module-level helper's single ``return`` expression, once per
+        (kind, name) on the stack so recursive helpers end; None when it has none."""
+        ret = _single_return(self.defs[name])
+        key = (kind, name)
+        if ret is None or key in self._busy:
+            return None
+        self._busy.add(key)
+        try:
+            return evaluate(ret, depth + 1)
+        finally:
+            self._busy.discard(key)
+
     def _truth(self, node, depth=0):
         """(kind, note): is ``node`` true when this code runs on an NPU machine?"""
         if depth > _MAX_DEPTH:
@@ -628,15 +641,8 @@ class _FileScan:
         if len(chain) == 1:
             fn = self.defs.get(name)
             if fn is not None:
-                ret = _single_return(fn)
-                key = ("def", name)
-                if ret is not None and key not in self._busy:
-                    self._busy.add(key)
-                    try:
-                        return self._truth(ret, depth + 1)
-                    finally:
-                        self._busy.discard(key)
-                return _FLAG, f"result of {name}()"
+                found = self._through_def("def", name, self._truth, depth)
+                return found if found is not None else (_FLAG, f"result of {name}()")
             if not self._bound(name) and name in ("bool", "hasattr", "getattr"):
                 for a in node.args:
                     if isinstance(a, ast.Constant) and isinstance(a.value, str) and _device_of(a.value):
@@ -711,14 +717,9 @@ class _FileScan:
                 if chain[-1] == "get_compiler_backend" or self._chain_device(chain) == "npu":
                     return _NPU_ROUTE, "NPU-aware backend"
                 if t is ast.Call and len(chain) == 1 and chain[0] in self.defs:
-                    ret = _single_return(self.defs[chain[0]])
-                    key = ("route", chain[0])
-                    if ret is not None and key not in self._busy:
-                        self._busy.add(key)
-                        try:
-                            return self._route(ret, depth + 1)
-                        finally:
-                            self._busy.discard(key)
+                    found = self._through_def("route", chain[0], self._route, depth)
+                    if found is not None:
+                        return found
             return _BUNK, f"{_text(node)} is computed at run time"
         if t is ast.IfExp:
             kind, note = self._truth(node.test, depth + 1)
