@@ -95,9 +95,16 @@ class _Sentinel:
         finally:
             self._local.busy = False
         loader = getattr(spec, "loader", None)
-        if loader is None or not hasattr(loader, "exec_module") or isinstance(loader, _ArmingLoader):
-            return None  # let the import system find it the usual way
-        spec.loader = _ArmingLoader(loader)
+        if loader is None or isinstance(loader, (_ArmingLoader, _LegacyArmingLoader)):
+            # A namespace package (no loader): keep watching; the first
+            # module below it that has a loader arms.
+            return None
+        if hasattr(loader, "exec_module"):
+            spec.loader = _ArmingLoader(loader)
+        elif hasattr(loader, "load_module"):
+            spec.loader = _LegacyArmingLoader(loader)
+        else:
+            return None
         return spec
 
 
@@ -125,11 +132,45 @@ class _ArmingLoader:
                 module.__loader__ = real
             except Exception:
                 pass
-        top = module.__name__.partition(".")[0]
-        if top in _sentinel.watch:
-            _sentinel.watch = _sentinel.watch - {top}
-            _arm_package(top)
+        _arm_for(module.__name__)
         real.exec_module(module)
+        _loaded(module)
+
+
+class _LegacyArmingLoader:
+    """The same for a loader that only has the old ``load_module`` protocol."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def load_module(self, fullname):
+        _arm_for(fullname)
+        module = self.loader.load_module(fullname)
+        _loaded(module)
+        return module
+
+
+def _arm_for(name):
+    top = name.partition(".")[0]
+    if top in _sentinel.watch:
+        _sentinel.watch = _sentinel.watch - {top}
+        _arm_package(top)
+
+
+def _loaded(module):
+    # The module that armed npu_compat (or one whose loader npu_compat
+    # wrapped) was not seen by wrapt's finder: evaluate it now.
+    core = sys.modules.get("npu_compat.core")
+    if core is not None:
+        try:
+            core.loaded(module)
+        except NpuCompatError:
+            raise
+        except Exception:
+            pass
 
 
 def _arm_package(package):
@@ -194,12 +235,16 @@ def disabled_by_env():
     return os.environ.get("NPU_COMPAT_DISABLE", "").strip().lower() in DISABLE_ALL
 
 
-def activate(route="api"):
+def activate(route: str = "api") -> bool:
     """Turn npu_compat on in this process and in the Python children it starts.
 
     Idempotent.  Patches apply when their target module is imported, or at
     once if it already is.  Returns True when active; ``NPU_COMPAT_DISABLE=1``
     makes it a no-op that returns False.
+
+    The ``plugin`` route does not write the environment: sglang loads the
+    plugin in each of its processes itself, and the scheduler process is
+    multi-threaded by then (``setenv`` can race a native ``getenv``).
     """
     if disabled_by_env():
         return False
@@ -210,7 +255,8 @@ def activate(route="api"):
             return True
         _state.active = True
         _state.generation += 1
-        _propagate(route)
+        if route != "plugin":
+            _propagate(route)
         now = [p for p in WATCHED_PACKAGES if p in sys.modules]
         later = frozenset(WATCHED_PACKAGES) - set(now)
         if later:
@@ -222,16 +268,16 @@ def activate(route="api"):
     return _state.active
 
 
-def is_active():
+def is_active() -> bool:
     return _state.active
 
 
-def routes():
+def routes() -> "tuple[str, ...]":
     """Every route that called activate() in this process, in order."""
     return tuple(_state.routes)
 
 
-def route():
+def route() -> "str | None":
     """The route that activated this process, most specific first (None if inactive).
 
     "import" is also recorded when an entry point (plugin, sitecustomize)
@@ -243,32 +289,37 @@ def route():
     return _state.routes[0] if _state.routes else None
 
 
-def deactivate():
+def deactivate() -> bool:
     """Undo activate(): originals back, hooks off, environment restored.  See core."""
     from npu_compat import core
 
     return core.deactivate()
 
 
-def status():
+def status() -> "tuple[PatchStatus, ...]":
     """Live state of every patch: a tuple of PatchStatus.  See core.status."""
     from npu_compat import core
 
     return core.status()
 
 
-def report(import_targets=False):
+def report(import_targets: bool = False) -> dict:
     """Everything ``npu-compat status`` shows, as a dict."""
     from npu_compat import info
 
     return info.build(import_targets=import_targets)
 
 
-def is_npu():
+def is_npu() -> bool:
     """True when this process runs on an Ascend NPU; never raises."""
     from npu_compat import device
 
     return device.is_npu()
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # PatchStatus is loaded on first use
+    from npu_compat.core import PatchStatus  # noqa: F401
 
 
 def __getattr__(name):
@@ -279,8 +330,30 @@ def __getattr__(name):
     raise AttributeError(f"module 'npu_compat' has no attribute {name!r}")
 
 
+def _imported_by_the_plugin():
+    # sglang's plugin loader imports npu_compat.plugin, whose load() then
+    # activates with route "plugin" (no environment writes): this import is
+    # its parent package's.  CPython holds the child's import lock meanwhile.
+    try:
+        import importlib._bootstrap as bootstrap
+
+        ref = bootstrap._module_locks.get(__name__ + ".plugin")
+        lock = ref() if ref is not None else None
+        return lock is not None and lock.owner == _thread.get_ident()
+    except Exception:
+        return False
+
+
+def _after_fork_in_child():
+    # A fork while another thread held the lock would leave it held forever
+    # in the child: start the child with a fresh one.
+    _state.lock = _thread.RLock()
+
+
 def _activate_on_import():
     # Importing must never break the importer: report and go on.
+    if _imported_by_the_plugin():
+        return
     try:
         activate(route="import")
     except NpuCompatError:
@@ -291,4 +364,6 @@ def _activate_on_import():
         _log.warning("npu_compat: activation on import failed: %s: %s", type(exc).__name__, exc)
 
 
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _activate_on_import()

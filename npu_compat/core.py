@@ -1,66 +1,77 @@
-"""Activation: when a target module is imported, decide per patch, apply, record.
+"""Activation: when a target module is imported, decide per record, apply, record.
 
 How the pieces fit:
 
 * ``npu_compat.activate()`` (in ``__init__``) is the one entry point of every
-  route (import, plugin, sitecustomize, ``npu-compat run``).  It is
-  idempotent and cheap: it only arms a finder that watches for ``sglang``.
-* When ``sglang`` is first looked up (or at once, if it is already loaded),
+  route.  It is idempotent and cheap: it arms a finder that watches for
+  ``sglang``.
+* When ``sglang`` starts to execute (or at once, if it is already loaded),
   :func:`arm_package` imports wrapt and registers wrapt's post-import hook for
-  each target module; wrapt then calls :func:`_on_import` right after the
-  module has executed (or at once if it already had).
-* :func:`_on_import` runs the decision chain of each patch and installs the
-  own implementation where needed.  It never raises (unless
-  ``NPU_COMPAT_STRICT=1`` asks for it): wrapt would turn an exception into a
-  failed ``import sglang...``.
-* ``status()`` reads the live module every time.
+  each target module, and for ``torch``/``torch_npu``.  Nothing waits on
+  another module's import lock here: an import of a target already under
+  way in some thread is caught by a short-lived waiter thread, which holds
+  no lock while it waits (see :func:`_catch_up`).
+* :func:`_on_import` runs the decision chain (:mod:`npu_compat.apply`) of
+  each record of the module.  wrapt drops a hook once it fired; it is put
+  back, so a reload or a re-import is evaluated again.  It never raises
+  (unless ``NPU_COMPAT_STRICT=1`` asks for it): wrapt would turn an exception
+  into a failed ``import sglang...``.
+* On NPU only, :func:`_npu_setup` (once torch is loaded) installs the
+  torch.compile audit (:mod:`npu_compat.audit`) and walks the loaded sglang
+  modules once: every other binding of a replaced compiled object is
+  rewired, compiled functions made before npu_compat watched are recorded.
+* ``status()`` reads the live modules every time.
 
-Threads: one re-entrant lock guards the state.  It is never held while
-waiting for another thread's import, so it cannot deadlock with the import
-system's per-module locks.
+Threads: one re-entrant lock guards the state.  No import and no wait for
+another thread's import happens while it is held.
 """
 
 import sys
 
 import npu_compat
-from npu_compat import NpuCompatError, _env, _log, device, registry
+from npu_compat import NpuCompatError, _env, _log, _wrappers, apply, audit, device, registry
+from npu_compat.apply import (  # noqa: F401 - the states are part of this module's API
+    ABSENT,
+    APPLIED,
+    DISABLED,
+    FAILED,
+    INCOMPATIBLE,
+    MISSING,
+    NOT_NEEDED,
+    OPT_IN,
+    UPSTREAM_FIXED,
+    Outcome,
+)
 
 _light = npu_compat._state  # lock, active, generation, routes
 
-APPLIED = "applied"
-NOT_NEEDED = "not-needed"
-ABSENT = "absent"
-INCOMPATIBLE = "incompatible"
-UPSTREAM_FIXED = "upstream-fixed"
-FAILED = "failed"
 PENDING = "pending"
-DISABLED = "disabled"
 INACTIVE = "inactive"
 NOT_INSTALLED = "not-installed"
 REPLACED = "replaced"
 IMPORT_ERROR = "import-error"  # only from `npu-compat status`, which imports the target itself
 
 STATES = (
-    APPLIED, NOT_NEEDED, ABSENT, INCOMPATIBLE, UPSTREAM_FIXED, FAILED,
-    PENDING, DISABLED, INACTIVE, NOT_INSTALLED, REPLACED, IMPORT_ERROR,
+    APPLIED, NOT_NEEDED, ABSENT, INCOMPATIBLE, UPSTREAM_FIXED, FAILED, DISABLED, OPT_IN,
+    PENDING, INACTIVE, NOT_INSTALLED, REPLACED, IMPORT_ERROR,
 )  # fmt: skip
-
-_MISSING = object()
 
 
 class PatchStatus:
-    """The live state of one patch, as :func:`status` reports it."""
+    """The live state of one record, as :func:`status` reports it."""
 
-    __slots__ = ("name", "module", "function", "state", "reason", "installed", "upstream")
+    __slots__ = ("name", "kind", "module", "function", "state", "reason", "installed", "upstream", "default")
 
-    def __init__(self, patch, state, reason, installed):
-        self.name = patch.name
-        self.module = patch.module
-        self.function = patch.function
+    def __init__(self, rec, state, reason, installed):
+        self.name = rec.name
+        self.kind = rec.kind
+        self.module = rec.module
+        self.function = rec.qualname
         self.state = state
         self.reason = reason
         self.installed = installed  # what sits at module.function now
-        self.upstream = patch.upstream
+        self.upstream = rec.upstream
+        self.default = rec.default
 
     def as_dict(self):
         return {k: getattr(self, k) for k in self.__slots__}
@@ -69,34 +80,87 @@ class PatchStatus:
         return f"<PatchStatus {self.name}: {self.state}>"
 
 
-class _Outcome:
-    __slots__ = ("state", "reason", "seen", "ours")
-
-    def __init__(self, state, reason, seen=_MISSING, ours=_MISSING):
-        self.state, self.reason, self.seen, self.ours = state, reason, seen, ours
-
-
 class _State:
     def __init__(self):
-        self.outcomes = {}  # patch name -> _Outcome, for the current activation
-        self.originals = {}  # (module, attr) -> first original seen (first wins)
+        self.outcomes = {}  # record name -> Outcome, for the current activation
+        self.originals = {}  # (module, qualname) -> the upstream object last replaced
         self.hooks = {}  # module name -> hook registered with wrapt
-        self.evaluated = {}  # module name -> (generation, module object) last evaluated
+        self.swaps = apply.Swaps()
+        self.records = None  # registry + NPU_COMPAT_EAGER sites, fixed per activation
+        self.setting = audit.Setting()
+        self.interceptor = None
+        self.npu_ready = None  # generation whose NPU set-up ran
+        self.waiting = {}  # module name -> waiter threads not finished
+        self.walk_ms = None
 
 
 _state = _State()
 
 
+# --- the records of this activation ------------------------------------------------------
+
+
+def records():
+    """The registry's records plus a guard per ``module:qualname`` of NPU_COMPAT_EAGER."""
+    recs = _state.records
+    if recs is not None:
+        return recs
+    base = registry.all_patches()
+    setting = audit.eager_setting()
+    extra = []
+    taken = {(r.module, r.qualname) for r in base}
+    for mod, qual in sorted(setting.sites):
+        if (mod, qual) in taken:
+            continue
+        extra.append(
+            registry.Guard(
+                name=f"eager:{mod}:{qual}".lower(),
+                module=mod,
+                qualname=qual,
+                why="named by NPU_COMPAT_EAGER",
+                evidence="the user's setting",
+                versions="any",
+                upstream="NPU_COMPAT_EAGER",
+                remove_when="when NPU_COMPAT_EAGER no longer names it",
+            )
+        )
+    with _light.lock:
+        if _state.records is None:
+            _state.setting = setting
+            _state.records = base + tuple(extra)
+        return _state.records
+
+
+def _opted_in():
+    s = _state.setting
+    return s.names | {r.name for r in (_state.records or ()) if r.name.startswith("eager:")}
+
+
+# --- arming -------------------------------------------------------------------------------
+
+
 def arm_package(package):
-    """Hook up every target module inside ``package`` (called once it loads)."""
+    """Hook up every target module inside ``package`` (called once it starts to load)."""
     _, errors = registry.load()
     for err in errors:
         _log.warning_once(("registry", err), "npu_compat: %s", err)
     if errors and _env.strict():
         raise NpuCompatError(f"npu_compat: bad patch registry: {'; '.join(errors)} (NPU_COMPAT_STRICT=1)")
-    for mod in registry.target_modules():
-        if mod.partition(".")[0] == package:
-            _arm(mod)
+    mods = []
+    for rec in records():
+        if rec.module.partition(".")[0] == package and rec.module not in mods:
+            mods.append(rec.module)
+    try:
+        import wrapt  # noqa: F401 - the hooks are wrapt's
+    except Exception as exc:
+        _fail_modules(mods, f"wrapt cannot be imported ({type(exc).__name__}: {exc})")
+        return
+    for mod in mods:
+        _arm(mod, _module_hook)
+    if device.decided_not_npu():
+        return  # off NPU for sure: nothing to watch torch for
+    for mod in ("torch", "torch_npu"):
+        _arm(mod, _device_hook)
 
 
 class _Registering:
@@ -119,13 +183,16 @@ class _Registering:
 _registering = _Registering()
 
 
-def _arm(module_name):
-    """Register wrapt's post-import hook for one target module.
+def _module_hook(module, gen):
+    _on_import(module, gen)
 
-    Then make sure the module is evaluated even if an import of it was
-    already under way in another thread: wrapt's notification reaches only
-    hooks registered before the importer looked the module up.
-    """
+
+def _device_hook(module, gen):
+    _npu_setup(gen)
+
+
+def _arm(module_name, action):
+    """Register wrapt's post-import hook for one module, and catch up on an import under way."""
     with _light.lock:
         if not _light.active or module_name in _state.hooks:
             return
@@ -133,82 +200,149 @@ def _arm(module_name):
 
         def hook(module, _gen=gen):
             if _registering.active and _initializing(module):
-                return  # wrapt's at-once call on a module still executing: reconciled below
-            _on_import(module, _gen)
+                return  # wrapt's at-once call on a module still executing: _catch_up waits for it
+            try:
+                action(module, _gen)
+            finally:
+                _rearm(module_name, hook, _gen)
 
         _state.hooks[module_name] = hook
-    try:
-        import wrapt
-    except Exception as exc:
-        _fail_module(module_name, f"wrapt cannot be imported ({type(exc).__name__}: {exc})")
-        return
+    import wrapt
+
     _registering.active = True
     try:
         wrapt.register_post_import_hook(hook, module_name)
     finally:
         _registering.active = False
-    # Any import of the module that started before the hook was registered
-    # holds the module's import lock until it is done: wait for it (holding
-    # none of ours), then evaluate what it produced.  Evaluation is
-    # idempotent per activation and module object.
-    _wait_for_import(module_name)
-    module = sys.modules.get(module_name)
-    if module is not None and not _initializing(module):
-        _on_import(module, gen)
+    _catch_up(module_name, gen, hook)
+
+
+def _rearm(module_name, hook, gen):
+    """Put back a hook wrapt dropped after it fired, for a reload or a re-import.
+
+    wrapt's public API calls a hook at once when the module is loaded and
+    keeps none, so the hook goes back into wrapt's own table, under wrapt's
+    lock.  Without that table (a future wrapt), a re-executed module is
+    reported ``replaced`` instead.
+    """
+    with _light.lock:
+        if gen != _light.generation or _state.hooks.get(module_name) is not hook:
+            return
+    importer = sys.modules.get("wrapt.importer")
+    table = getattr(importer, "_post_import_hooks", None)
+    lock = getattr(importer, "_post_import_hooks_lock", None)
+    if not isinstance(table, dict) or lock is None:
+        return
+    try:
+        with lock:
+            pending = table.setdefault(module_name, [])
+            if hook not in pending:
+                pending.append(hook)
+    except Exception:
+        pass
 
 
 def _initializing(module):
     return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
-def _wait_for_import(name):
-    """Return once no other thread is importing module `name`.
+def _import_owner(name):
+    """The thread id holding the import lock of module ``name`` (CPython's own), None if free.
 
-    Acquires and releases the module's import lock, as the import system
-    itself does for a module another thread is still executing.  Returns at
-    once when this thread is the importer (the lock is re-entrant).
+    -1 when it cannot be told: a waiter then makes sure.
     """
-    import importlib._bootstrap as bootstrap
-
-    wait = getattr(bootstrap, "_lock_unlock_module", None)
-    if wait is not None:
-        try:
-            wait(name)
-        except Exception:
-            pass
-
-
-def _fail_module(module_name, reason):
-    with _light.lock:
-        for p in registry.all_patches():
-            if p.module == module_name:
-                _state.outcomes[p.name] = _Outcome(FAILED, reason)
-    _log.warning("npu_compat: cannot patch %s: %s", module_name, reason)
-    if _env.strict():
-        raise NpuCompatError(f"npu_compat: cannot patch {module_name}: {reason} (NPU_COMPAT_STRICT=1)")
-
-
-# --- deciding and applying --------------------------------------------------
-
-
-def _param_names(fn):
-    # A plain function answers from its code object; anything else via inspect.
-    code = getattr(fn, "__code__", None)
-    if code is not None and not getattr(fn, "__wrapped__", None):
-        n = code.co_argcount + code.co_kwonlyargcount
-        return tuple(code.co_varnames[:n])
-    import inspect
-
-    return tuple(inspect.signature(fn).parameters)
-
-
-def _sig_text(fn, names):
     try:
-        import inspect
+        import importlib._bootstrap as bootstrap
 
-        return f"{fn.__name__}{inspect.signature(fn)}"
+        ref = bootstrap._module_locks.get(name)
+        lock = ref() if ref is not None else None
+        return None if lock is None else lock.owner
     except Exception:
-        return f"({', '.join(names)})"
+        return -1
+
+
+def _catch_up(name, gen, hook):
+    """Evaluate an import of ``name`` that began before wrapt's hook was registered.
+
+    Such an import holds the module's import lock and was not seen by
+    wrapt's finder.  Waiting for it here could deadlock (this thread may hold
+    the lock of a parent package the importer needs), so a waiter thread
+    that holds nothing waits for it and evaluates the result.
+    """
+    import _thread
+
+    module = sys.modules.get(name)
+    owner = _import_owner(name)
+    if module is None and owner == _thread.get_ident():
+        return  # this thread's own import, not yet at the finders: wrapt will see it
+    if owner is not None or (module is not None and _initializing(module)):
+        _start_waiter(name, gen, hook)
+
+
+def _start_waiter(name, gen, hook):
+    import _thread
+
+    with _light.lock:
+        _state.waiting[name] = _state.waiting.get(name, 0) + 1
+
+    def wait():
+        try:
+            import importlib._bootstrap as bootstrap
+
+            bootstrap._lock_unlock_module(name)
+            module = sys.modules.get(name)
+            if module is not None and not _initializing(module):
+                hook(module)
+        except NpuCompatError as exc:  # strict mode, but no importer to raise into
+            _log.warning("%s", exc)
+        except Exception as exc:
+            _log.warning("npu_compat: evaluating %s after another thread's import failed: %s", name, exc)
+        finally:
+            with _light.lock:
+                left = _state.waiting.get(name, 1) - 1
+                if left:
+                    _state.waiting[name] = left
+                else:
+                    _state.waiting.pop(name, None)
+
+    _thread.start_new_thread(wait, ())
+
+
+def settle(timeout=10.0):
+    """Wait (up to ``timeout`` s) until no waiter thread is pending; True when none is."""
+    import time
+
+    end = time.monotonic() + timeout
+    while _state.waiting:
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def loaded(module):
+    """Called by npu_compat's own arming loader after a watched module executed.
+
+    wrapt's finder did not see that module (the hook was registered during
+    its own import), so it is evaluated here.
+    """
+    hook = _state.hooks.get(getattr(module, "__name__", None))
+    if hook is not None:
+        hook(module)
+
+
+def _fail_modules(module_names, reason):
+    with _light.lock:
+        for p in records():
+            if p.module in module_names:
+                _state.outcomes[p.name] = Outcome(FAILED, reason)
+    what = ", ".join(module_names)
+    _log.warning("npu_compat: cannot patch %s: %s", what, reason)
+    if _env.strict():
+        raise NpuCompatError(f"npu_compat: cannot patch {what}: {reason} (NPU_COMPAT_STRICT=1)")
+
+
+# --- deciding and applying -----------------------------------------------------------------
 
 
 def _resolve_impl(spec):
@@ -218,91 +352,65 @@ def _resolve_impl(spec):
     return getattr(importlib.import_module(mod_name), attr)
 
 
-def _decide(patch, module, disabled_names):
-    """Run the decision chain for one patch; apply it when needed."""
-    if patch.name in disabled_names:
-        return _Outcome(DISABLED, f"NPU_COMPAT_DISABLE names {patch.name}")
-    npu, why = device.detect()
-    if not npu:
-        return _Outcome(NOT_NEEDED, f"not on NPU: {why}")
-    current = getattr(module, patch.function, _MISSING)
-    if current is _MISSING:
-        return _Outcome(ABSENT, f"{patch.module} has no {patch.function} (this sglang does not define it)")
-    ours = _resolve_impl(patch.impl)
-    if current is ours:
-        return _Outcome(APPLIED, f"{patch.function} is already npu_compat's implementation", ours, ours)
-    original = getattr(current, "_torchdynamo_orig_callable", None)
-    names = _param_names(original if original is not None else current)
-    if names != patch.params:
-        found = _sig_text(original if original is not None else current, names)
-        reason = (
-            f"{patch.module}.{patch.function} has parameters ({', '.join(names)}), "
-            f"expected ({', '.join(patch.params)}): left as it is"
-        )
-        _log.warning(
-            "npu_compat: %s.%s is incompatible: expected %s(%s), found %s; left as it is",
-            patch.module, patch.function, patch.function, ", ".join(patch.params), found,
-        )  # fmt: skip
-        if _env.strict():
-            raise NpuCompatError(f"npu_compat: {reason} (NPU_COMPAT_STRICT=1)")
-        return _Outcome(INCOMPATIBLE, reason, current)
-    if original is None:
-        return _Outcome(
-            UPSTREAM_FIXED, f"{patch.function} is not compiled on NPU here: the upstream fix is in", current
-        )
-    import torch
-
-    # What fixed upstream does: torch.compile(fn, ..., disable=is_npu()).  On
-    # NPU that returns the function itself, so no wrapper frame is added.
-    replacement = torch.compile(ours, disable=npu, **patch.compile_kwargs)
-    setattr(module, patch.function, replacement)
-    if getattr(module, patch.function, _MISSING) is not replacement:
-        raise RuntimeError(f"setting {patch.module}.{patch.function} did not take effect")
-    _state.originals.setdefault((patch.module, patch.function), current)
-    _log.info(
-        "npu_compat: %s.%s now runs eagerly on NPU (own implementation, %s)",
-        patch.module, patch.function, patch.upstream,
-    )  # fmt: skip
-    return _Outcome(
-        APPLIED,
-        f"replaced upstream's torch.compile'd {patch.function} with npu_compat's eager implementation "
-        f"({patch.upstream})",
-        current,
-        replacement,
-    )
+def _failed(rec, exc):
+    reason = f"{type(exc).__name__}: {exc}"
+    _log.warning("npu_compat: patching %s failed: %s", rec.target, reason)
+    if _env.strict():
+        raise NpuCompatError(f"npu_compat: patching {rec.target} failed: {reason} (NPU_COMPAT_STRICT=1)") from exc
+    return Outcome(FAILED, reason)
 
 
 def _on_import(module, gen=None):
-    """wrapt's post-import hook: evaluate every patch of this module.
-
-    Only an explicit NPU_COMPAT_STRICT=1 lets an exception out of here.
-    """
+    """Evaluate every record of this module.  Only NPU_COMPAT_STRICT=1 lets an exception out."""
     try:
         name = module.__name__
+        recs = [r for r in records() if r.module == name]
+        if not recs:
+            return
+        # Outside the lock: detection may import torch, an implementation imports torch.
+        npu, why = device.detect()
+        impls = {}
+        if npu:
+            for rec in recs:
+                if rec.kind == "implementation" and apply.resolve(module, rec.qualname)[2] is not MISSING:
+                    try:
+                        impls[rec.name] = _resolve_impl(rec.impl)
+                    except Exception as exc:
+                        impls[rec.name] = exc
+        applied = False
         with _light.lock:
             if not _light.active or (gen is not None and gen != _light.generation):
                 return
-            done = _state.evaluated.get(name)
-            if done is not None and done[0] == _light.generation and done[1] is module:
-                return  # already evaluated in this activation (wrapt and _arm may both call)
-            _state.evaluated[name] = (_light.generation, module)
-            _, disabled_names = _env.disabled({p.name for p in registry.all_patches()})
-            for patch in registry.all_patches():
-                if patch.module != name:
-                    continue
+            _, disabled_names = _env.disabled({p.name for p in records()})
+            opted = _opted_in()
+            for rec in recs:
+                before = _state.outcomes.get(rec.name)
+                ours = before.ours if before is not None and before.state == APPLIED else MISSING
+                if before is not None and before.state not in (FAILED, APPLIED) and before.seen is not MISSING:
+                    if apply.resolve(module, rec.qualname)[2] is before.seen:
+                        continue  # evaluated already (wrapt and a waiter may both call): same answer
                 try:
-                    outcome = _decide(patch, module, disabled_names)
+                    outcome = apply.gate(rec, npu, why, disabled_names, opted)
+                    if outcome is None:
+                        impl = impls.get(rec.name)
+                        if isinstance(impl, Exception):
+                            raise impl
+                        outcome = apply.decide(rec, module, ours, _state.swaps, impl)
                 except NpuCompatError:
                     raise
                 except Exception as exc:
-                    reason = f"{type(exc).__name__}: {exc}"
-                    _log.warning("npu_compat: patching %s.%s failed: %s", name, patch.function, reason)
-                    if _env.strict():
-                        raise NpuCompatError(
-                            f"npu_compat: patching {name}.{patch.function} failed: {reason} (NPU_COMPAT_STRICT=1)"
-                        ) from exc
-                    outcome = _Outcome(FAILED, reason)
-                _state.outcomes[patch.name] = outcome
+                    outcome = _failed(rec, exc)
+                if outcome.state == APPLIED and outcome.seen is not outcome.ours:
+                    _state.originals[(rec.module, rec.qualname)] = outcome.seen
+                    applied = True
+                _state.outcomes[rec.name] = outcome
+            if applied:
+                # Bindings made before the hook fired: the module's own, and those of
+                # modules still executing (a circular import).  The rest comes later.
+                mods = [module] + [
+                    m for m in apply.package_modules(npu_compat.WATCHED_PACKAGES) if m is not module and _initializing(m)
+                ]
+                apply.walk(mods, _state.swaps)
     except NpuCompatError:
         raise
     except Exception as exc:  # never fail the host's import
@@ -312,7 +420,67 @@ def _on_import(module, gen=None):
             pass
 
 
-# --- public lifecycle ---------------------------------------------------------
+def _npu_setup(gen):
+    """On NPU, once per activation: the torch.compile audit, and one walk over loaded modules."""
+    try:
+        if _state.npu_ready == gen or not device.is_npu():
+            return
+        torch = sys.modules.get("torch")
+        if torch is None or getattr(torch, "compile", None) is None:
+            return
+        import time
+
+        with _light.lock:
+            if not _light.active or gen != _light.generation or _state.npu_ready == gen:
+                return
+            _state.npu_ready = gen
+            setting = _state.setting
+            watched = npu_compat.WATCHED_PACKAGES
+            if _state.interceptor is None:
+                _state.interceptor = audit.Interceptor(torch, watched, _eager_reason)
+                _state.interceptor.install()
+            audit.register_report()
+
+            def found(holder, attr, fn):
+                eager = _wrappers.eager_of(fn) if _wrappers.is_compiled(fn) else None
+                why = None
+                if eager is not None:
+                    owner = holder.__module__ if isinstance(holder, type) else holder.__name__
+                    why = _eager_reason(eager.__module__, eager.__qualname__, owner, attr) if setting else None
+                if _wrappers.is_compiled(fn):
+                    audit.existing(holder, attr, fn, why)
+                return eager if why is not None else None
+
+            t = time.perf_counter()
+            apply.walk(apply.package_modules(watched), _state.swaps, found)
+            _state.walk_ms = (time.perf_counter() - t) * 1e3
+    except Exception as exc:
+        _log.warning("npu_compat: NPU set-up failed: %s: %s", type(exc).__name__, exc)
+
+
+def _eager_reason(module, qualname, caller_module, caller_function):
+    """Why a compilation by the watched package is made eager, or None to leave it compiled."""
+    s = _state.setting
+    if s.everything:
+        return "NPU_COMPAT_EAGER=all"
+    if (module, qualname) in s.sites or (caller_module, caller_function) in s.sites:
+        return "named by NPU_COMPAT_EAGER"
+    return None
+
+
+def compiles():
+    """What NPU compiled in this process, as dicts (empty off NPU)."""
+    out = []
+    swapped = _state.swaps.eager
+    for e in list(audit.audit.entries):
+        d = e.as_dict()
+        if not d["eager"] and id(e.fn) in swapped:
+            d.update(eager=True, why=d["why"] or "guarded by the registry", called=None)
+        out.append(d)
+    return out
+
+
+# --- public lifecycle -------------------------------------------------------------------------
 
 
 def deactivate():
@@ -327,28 +495,34 @@ def deactivate():
         _light.active = False
         _light.generation += 1
         npu_compat._sentinel.watch = frozenset()
-        for p in registry.all_patches():
+        for p in records():
             out = _state.outcomes.get(p.name)
-            mod = sys.modules.get(p.module)
-            if out is None or out.ours is _MISSING or mod is None:
+            if out is None or out.ours is MISSING or out.holder is None:
                 continue
-            current = getattr(mod, p.function, _MISSING)
-            original = _state.originals.get((p.module, p.function), out.seen)
+            holder, attr = out.holder, out.attr
+            current = vars(holder).get(attr, MISSING)
+            original = _state.originals.get((p.module, p.qualname), out.seen)
             if current is out.ours:
                 try:
-                    setattr(mod, p.function, original)
+                    setattr(holder, attr, original)
                 except Exception as exc:
-                    _log.warning("npu_compat: could not restore %s.%s: %s", p.module, p.function, exc)
+                    _log.warning("npu_compat: could not restore %s: %s", p.target, exc)
                     continue
-                _state.originals.pop((p.module, p.function), None)
+                _state.originals.pop((p.module, p.qualname), None)
             else:
                 _log.warning(
-                    "npu_compat: %s.%s was replaced by another object after npu_compat patched it; "
+                    "npu_compat: %s was replaced by another object after npu_compat patched it; "
                     "leaving that object in place",
-                    p.module, p.function,
-                )  # fmt: skip
+                    p.target,
+                )
+        apply.restore(_state.swaps)
+        if _state.interceptor is not None:
+            _state.interceptor.uninstall()
+            _state.interceptor = None
+        audit.audit.clear()
         _state.outcomes.clear()
-        _state.evaluated.clear()
+        _state.npu_ready = None
+        _state.records = None
         hooks, _state.hooks = _state.hooks, {}
         _light.routes.clear()
         npu_compat._unpropagate()
@@ -372,20 +546,24 @@ def _unregister(hooks):
         pass
 
 
-# --- introspection ------------------------------------------------------------
+# --- introspection ---------------------------------------------------------------------------
 
 
-def _describe(obj, patch, ours):
-    if obj is _MISSING:
+def _describe(obj, rec, ours):
+    if obj is MISSING:
         return "absent"
-    if ours is not _MISSING and obj is ours:
-        return "npu_compat"
-    if getattr(obj, "_torchdynamo_orig_callable", None) is not None:
+    if ours is not MISSING and (obj is ours or apply.unwrap(obj) is apply.unwrap(ours)):
+        return "npu_compat" if rec.kind == "implementation" else "eager (npu_compat guard)"
+    kind = _wrappers.kind(apply.unwrap(obj))
+    if kind in (_wrappers.COMPILED, _wrappers.WRAPPED):
         return "upstream (torch.compile'd)"
-    mod = getattr(obj, "__module__", None)
-    if mod == patch.module:
+    if kind == _wrappers.DISABLED:
+        return "upstream (torch.compiler.disable'd)"
+    fn = apply.unwrap(obj)
+    mod = fn.__module__ if type(fn).__name__ == "function" else None
+    if mod == rec.module:
         return "upstream (plain)"
-    return f"other ({getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)})"
+    return f"other ({mod or type(fn).__module__}.{getattr(fn, '__qualname__', type(fn).__name__)})"
 
 
 def _top_installed(module_name):
@@ -398,21 +576,22 @@ def _top_installed(module_name):
 
 
 def status():
-    """Live state of every patch: a tuple of :class:`PatchStatus`.
+    """Live state of every record: a tuple of :class:`PatchStatus`.
 
     Read from the modules as they are now, not from flags set when patching.
     """
-    patches = registry.all_patches()
-    everything_off, disabled_names = _env.disabled({p.name for p in patches})
+    recs = records()
+    everything_off, disabled_names = _env.disabled({p.name for p in recs})
     out = []
     with _light.lock:
         active = _light.active
         outcomes = dict(_state.outcomes)
-    for p in patches:
+        waiting = dict(_state.waiting)
+    for p in recs:
         mod = sys.modules.get(p.module)
-        current = _MISSING if mod is None else getattr(mod, p.function, _MISSING)
+        current = MISSING if mod is None else apply.resolve(mod, p.qualname)[2]
         outcome = outcomes.get(p.name)
-        ours = outcome.ours if outcome is not None else _MISSING
+        ours = outcome.ours if outcome is not None else MISSING
         installed = "not imported" if mod is None else _describe(current, p, ours)
         if not active and everything_off:
             state, reason = DISABLED, "NPU_COMPAT_DISABLE turns npu_compat off"
@@ -426,13 +605,14 @@ def status():
             else:
                 state, reason = NOT_INSTALLED, f"{p.module.partition('.')[0]} is not installed"
         elif outcome is None:
-            state, reason = PENDING, f"{p.module} is imported but not evaluated yet"
+            why = "another thread's import of it is under way" if p.module in waiting else "not evaluated yet"
+            state, reason = PENDING, f"{p.module} is imported but {why}"
         elif outcome.state == APPLIED and current is not outcome.ours:
             state = REPLACED
-            reason = f"npu_compat installed its implementation, but {p.function} has been replaced since by {installed}"
+            reason = f"npu_compat installed its {p.kind}, but {p.qualname} has been replaced since by {installed}"
         else:
             state, reason = outcome.state, outcome.reason
-            if outcome.state != APPLIED and outcome.seen is not _MISSING and current is not outcome.seen:
-                reason += f" (note: {p.function} has changed since: now {installed})"
+            if outcome.state != APPLIED and outcome.seen is not MISSING and current is not outcome.seen:
+                reason += f" (note: {p.qualname} has changed since: now {installed})"
         out.append(PatchStatus(p, state, reason, installed))
     return tuple(out)

@@ -79,6 +79,16 @@ def is_npu():
         return False
 
 
+def decided_not_npu():
+    """True only when the answer is known to be "not an NPU" (forced, or detected for good)."""
+    try:
+        if _env.device().startswith("other:"):
+            return True
+    except Exception:
+        return False
+    return _cache is not None and not _cache[0]
+
+
 def reset():
     """Forget the cached answer (tests; after changing NPU_COMPAT_DEVICE)."""
     global _cache

@@ -1,84 +1,157 @@
-"""The patch registry: every runtime fix npu_compat knows, as plain data.
+"""The registry: every runtime fix npu_compat knows, as plain data.
 
-A fix is one record module under ``npu_compat/patches/`` that defines
-``PATCHES`` (a tuple of :class:`Patch`) plus the implementation module its
-records point to.  Records are read by the hook (to patch), by ``status`` (to
-explain) and by the README test (so the documentation cannot drift).
+Two kinds of record, one per upstream torch.compile site:
 
-This module is imported by ``import npu_compat`` in every process of an NPU
-image, so it uses nothing beyond the interpreter's start-up modules.
+* :class:`Patch` ("implementation"): npu_compat carries its own eager
+  implementation of the function and installs it on NPU (the two
+  ``overlap_utils`` helpers of sglang PR #26403).
+* :class:`Guard` ("guard"): upstream's remedy ``disable=is_npu()`` applied at
+  run time: on NPU the compiled object's own eager function takes its place,
+  in the defining module and everywhere a loaded module bound it.
+
+A record module under ``npu_compat/patches/`` defines ``PATCHES`` (a tuple
+of records).  Records are read by the hook (to patch), by ``status`` (to
+explain), by ``scan`` (coverage) and by the docs test (the table cannot
+drift).  Only the interpreter's start-up modules are used here.
 """
 
-# Record modules, relative to ``npu_compat.patches``.  One line per fix.
-PATCH_MODULES = ("overlap_utils",)
+# Record modules, relative to ``npu_compat.patches``.  One line per area.
+PATCH_MODULES = ("overlap_utils", "guards")
 
-_FIELDS = (
-    "name",  # unique, used by NPU_COMPAT_DISABLE=name,...
-    "module",  # dotted name of the upstream module patched
-    "function",  # module attribute replaced
-    "params",  # expected parameter names of the upstream function, in order
-    "impl",  # "package.module:attr" of npu_compat's own implementation
-    "compile_kwargs",  # torch.compile arguments upstream uses (disable= is added)
+_COMMON = (
+    "name",  # unique, lower-case; NPU_COMPAT_DISABLE=name and NPU_COMPAT_EAGER=name use it
+    "module",  # dotted name of the upstream module that defines the site
     "why",
-    "how",
-    "upstream",  # the upstream change that made this fix, e.g. "sglang PR #26403"
+    "upstream",  # the upstream change behind the remedy, e.g. "sglang PR #26403"
     "upstream_url",
     "remove_when",
 )
 
 
-class Patch:
-    """One runtime fix: target, expected shape, own implementation, and why."""
-
-    __slots__ = _FIELDS
+class _Record:
+    __slots__ = ()
+    _FIELDS = _COMMON
+    _TEXT = ()
+    kind = ""
 
     def __init__(self, **fields):
-        missing = [f for f in _FIELDS if f not in fields]
-        unknown = [f for f in fields if f not in _FIELDS]
+        missing = [f for f in self._FIELDS if f not in fields and f not in self._DEFAULTS]
+        unknown = [f for f in fields if f not in self._FIELDS]
         if missing or unknown:
-            raise ValueError(f"bad patch record: missing {missing}, unknown {unknown}")
-        for key, value in fields.items():
-            object.__setattr__(self, key, value)
+            raise ValueError(f"bad {self.kind} record: missing {missing}, unknown {unknown}")
+        for key in self._FIELDS:
+            object.__setattr__(self, key, fields.get(key, self._DEFAULTS.get(key)))
         problem = self.problem()
         if problem:
-            raise ValueError(f"bad patch record {fields.get('name')!r}: {problem}")
+            raise ValueError(f"bad {self.kind} record {fields.get('name')!r}: {problem}")
+
+    _DEFAULTS = {}
 
     def __setattr__(self, key, value):
-        raise AttributeError("patch records are read-only")
+        raise AttributeError("registry records are read-only")
 
     def problem(self):
         """Return why this record cannot be used, or '' when it is sound."""
-        for f in ("name", "module", "function", "impl", "why", "how", "upstream", "remove_when"):
+        for f in self._TEXT:
             if not isinstance(getattr(self, f), str) or not getattr(self, f):
                 return f"field {f!r} must be a non-empty string"
-        if not self.function.isidentifier():
-            return f"function {self.function!r} is not an identifier"
+        if self.name != self.name.lower():
+            return f"name {self.name!r} must be lower-case"
         if not all(p.isidentifier() for p in self.module.split(".")):
             return f"module {self.module!r} is not a dotted name"
+        if not all(p.isidentifier() for p in self.qualname.split(".")) or self.qualname.count(".") > 1:
+            return f"qualname {self.qualname!r} must be 'function' or 'Class.method'"
+        if self.params is not None and (
+            not isinstance(self.params, tuple) or not all(isinstance(p, str) for p in self.params)
+        ):
+            return "params must be a tuple of parameter names"
+        return ""
+
+    @property
+    def target(self):
+        return f"{self.module}.{self.qualname}"
+
+    def as_dict(self):
+        out = {"kind": self.kind, "qualname": self.qualname, "default": self.default}
+        for f in self._FIELDS:
+            value = getattr(self, f)
+            out[f] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, dict) else value
+        return out
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name} {self.target}>"
+
+
+class Patch(_Record):
+    """A fix that installs npu_compat's own implementation on NPU."""
+
+    _FIELDS = _COMMON + (
+        "function",  # module attribute replaced
+        "params",  # expected parameter names of the upstream function, in order
+        "impl",  # "npu_compat.impl.<module>:<attr>": npu_compat's own implementation
+        "compile_kwargs",  # torch.compile arguments upstream uses (disable= is added)
+        "how",
+    )
+    _TEXT = ("name", "module", "function", "impl", "why", "how", "upstream", "remove_when")
+    __slots__ = _FIELDS
+    kind = "implementation"
+    default = True
+
+    @property
+    def qualname(self):
+        return self.function
+
+    def problem(self):
+        if isinstance(getattr(self, "function", None), str) and not self.function.isidentifier():
+            return f"function {self.function!r} is not an identifier"
+        problem = super().problem()
+        if problem:
+            return problem
+        if self.params is None:
+            return "params must be a tuple of parameter names"
         if self.impl.count(":") != 1 or not self.impl.startswith("npu_compat."):
             return f"impl {self.impl!r} must be 'npu_compat.<module>:<attr>'"
-        if not isinstance(self.params, tuple) or not all(isinstance(p, str) for p in self.params):
-            return "params must be a tuple of parameter names"
         if not isinstance(self.compile_kwargs, dict) or "disable" in self.compile_kwargs:
             return "compile_kwargs must be a dict without 'disable'"
         return ""
 
-    def as_dict(self):
-        out = {f: getattr(self, f) for f in _FIELDS}
-        out["params"] = list(self.params)
-        out["compile_kwargs"] = dict(self.compile_kwargs)
-        return out
 
-    def __repr__(self):
-        return f"<Patch {self.name} {self.module}.{self.function}>"
+class Guard(_Record):
+    """Eager on NPU for one compiled site: its own original function replaces the compiled object."""
+
+    _FIELDS = _COMMON + (
+        "qualname",  # "function" or "Class.method", as defined in `module`
+        "params",  # expected parameter names of the eager function, or None not to check
+        "evidence",  # the call path that reaches the site on NPU
+        "versions",  # the sglang releases where the site is compiled on NPU
+        "default",  # True: applied on NPU unless disabled; False: only when NPU_COMPAT_EAGER names it
+    )
+    _TEXT = ("name", "module", "qualname", "why", "evidence", "versions", "upstream", "remove_when")
+    _DEFAULTS = {"params": None, "upstream_url": "", "default": True}
+    __slots__ = _FIELDS
+    kind = "guard"
+    how = "on NPU the compiled object's own eager function takes its place, as torch.compile(fn, disable=True) gives"
+
+    @property
+    def function(self):
+        return self.qualname
+
+    def problem(self):
+        problem = super().problem()
+        if problem:
+            return problem
+        if not isinstance(self.default, bool):
+            return "default must be True or False"
+        return ""
 
 
+_RECORD_TYPES = (Patch, Guard)
 _loaded = None
 _load_errors = ()
 
 
 def load(modules=None):
-    """Return (patches, errors): every sound record, and a message per bad one.
+    """Return (records, errors): every sound record, and a message per bad one.
 
     A record module that fails to import or holds a bad record is reported,
     never raised: one broken fix must not stop the others.
@@ -86,35 +159,42 @@ def load(modules=None):
     global _loaded, _load_errors
     if modules is None and _loaded is not None:
         return _loaded, _load_errors
-    patches, errors, seen = [], [], set()
+    records, errors, seen, sites = [], [], set(), set()
     for mod_name in PATCH_MODULES if modules is None else modules:
         try:
             mod = __import__(f"npu_compat.patches.{mod_name}", fromlist=["PATCHES"])
-            records = tuple(mod.PATCHES)
+            found = tuple(mod.PATCHES)
         except Exception as exc:  # a broken record module is data, not a crash
             errors.append(f"patch module {mod_name!r}: {type(exc).__name__}: {exc}")
             continue
-        for rec in records:
-            if not isinstance(rec, Patch):
-                errors.append(f"patch module {mod_name!r}: {rec!r} is not a Patch")
+        for rec in found:
+            if not isinstance(rec, _RECORD_TYPES):
+                errors.append(f"patch module {mod_name!r}: {rec!r} is not a Patch or Guard")
             elif rec.name in seen:
                 errors.append(f"patch module {mod_name!r}: duplicate patch name {rec.name!r}")
+            elif rec.target in sites:
+                errors.append(f"patch module {mod_name!r}: {rec.target} has two records")
             else:
                 seen.add(rec.name)
-                patches.append(rec)
-    result = (tuple(patches), tuple(errors))
+                sites.add(rec.target)
+                records.append(rec)
+    result = (tuple(records), tuple(errors))
     if modules is None:
         _loaded, _load_errors = result
     return result
 
 
 def all_patches():
-    """Every sound patch record, in registry order."""
+    """Every sound record (patches and guards), in registry order."""
     return load()[0]
 
 
+def by_name():
+    return {r.name: r for r in all_patches()}
+
+
 def target_modules():
-    """The distinct upstream module names the registry patches, in order."""
+    """The distinct upstream module names the registry names, in order."""
     out = []
     for p in all_patches():
         if p.module not in out:
@@ -122,15 +202,28 @@ def target_modules():
     return tuple(out)
 
 
+def coverage():
+    """{(module, qualname): record} for every record: what ``scan`` calls covered."""
+    return {(r.module, r.qualname): r for r in all_patches()}
+
+
+def _cell(text):
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def patch_table():
-    """The README's patch table, in Markdown, generated from the registry."""
+    """The documentation's table of records, in Markdown, generated from the registry."""
     rows = [
-        "| patch | target | why | how | upstream | remove when |",
-        "|---|---|---|---|---|---|",
+        "| record | kind | applies | target | why | how, and the evidence | upstream | remove when |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for p in all_patches():
+        params = f"({', '.join(p.params)})" if p.params is not None else ""
+        how = p.how if p.kind == "implementation" else f"{p.how}. Evidence: {p.evidence} ({p.versions})"
+        upstream = f"[{p.upstream}]({p.upstream_url})" if p.upstream_url else p.upstream
+        applies = "on NPU" if p.default else "on NPU, opt-in: `NPU_COMPAT_EAGER=" + p.name + "`"
         rows.append(
-            f"| `{p.name}` | `{p.module}.{p.function}({', '.join(p.params)})` | {p.why} | {p.how} "
-            f"| [{p.upstream}]({p.upstream_url}) | {p.remove_when} |"
+            f"| `{p.name}` | {p.kind} | {applies} | `{p.target}{params}` | {_cell(p.why)} | {_cell(how)} "
+            f"| {_cell(upstream)} | {_cell(p.remove_when)} |"
         )
     return "\n".join(rows)

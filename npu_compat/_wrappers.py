@@ -1,0 +1,72 @@
+"""What an object is to torch.compile, read without importing torch or calling foreign code.
+
+``torch.compile(fn)`` and ``torch.compiler.disable(fn)`` both return a plain
+Python function carrying ``_torchdynamo_orig_callable`` (the original), so
+that attribute alone cannot tell a compiled site from one made eager on
+purpose.  The compile wrapper also carries ``_is_torch_compile`` (torch
+2.6 and later); in every torch 2.x release the wrapper closes over the
+context that made it, an ``OptimizeContext`` or a ``DisableContext``, which
+is what decides here when the marker is missing.
+
+Only a function's own ``__dict__`` and closure cells are read: never
+``getattr`` on a foreign object, whose ``__getattr__`` may import modules
+(sglang keeps lazy-import proxies among its globals).
+"""
+
+from types import FunctionType
+
+PLAIN = "plain"  # a Python function with no torch wrapper: eager
+COMPILED = "compiled"  # a torch.compile wrapper
+DISABLED = "disabled"  # a torch.compiler.disable / torch._dynamo.disable wrapper: eager on purpose
+WRAPPED = "wrapped"  # a torch wrapper npu_compat cannot tell apart: treated as compiled
+OTHER = "other"  # not a Python function (a class, a C function, an nn.Module, ...)
+
+ORIG = "_torchdynamo_orig_callable"
+
+
+def _contexts(fn):
+    for cell in fn.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        name = type(value).__name__
+        if name in ("OptimizeContext", "DisableContext"):
+            yield name
+
+
+def kind(obj):
+    """Classify ``obj``: PLAIN, COMPILED, DISABLED, WRAPPED or OTHER."""
+    if type(obj) is not FunctionType:
+        return OTHER
+    attrs = obj.__dict__
+    if ORIG not in attrs:
+        return WRAPPED if "__wrapped__" in attrs and "_torchdynamo_inline" in attrs else PLAIN
+    if attrs.get("_torchdynamo_disable"):
+        return DISABLED
+    if attrs.get("_is_torch_compile"):
+        return COMPILED
+    ctx = set(_contexts(obj))
+    if ctx == {"DisableContext"}:
+        return DISABLED
+    if ctx == {"OptimizeContext"}:
+        return COMPILED
+    return WRAPPED
+
+
+def is_compiled(obj):
+    """True for a torch.compile wrapper (or a torch wrapper that cannot be told apart)."""
+    return kind(obj) in (COMPILED, WRAPPED)
+
+
+def eager_of(obj):
+    """The original function a compile wrapper runs, or None."""
+    if type(obj) is not FunctionType:
+        return None
+    orig = obj.__dict__.get(ORIG)
+    return orig if callable(orig) else None
+
+
+def provably_plain(obj):
+    """True only for a plain Python function that no torch wrapper has touched."""
+    return kind(obj) == PLAIN and "__wrapped__" not in obj.__dict__
