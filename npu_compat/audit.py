@@ -115,6 +115,7 @@ class Audit:
     def __init__(self):
         self.entries = []
         self._seen = set()
+        self.made_eager = {}  # id(fn) -> fn: compilations npu_compat turned eager at definition
 
     def add(self, entry):
         key = (entry.target, entry.where, id(entry.fn))
@@ -126,6 +127,7 @@ class Audit:
     def clear(self):
         self.entries.clear()
         self._seen.clear()
+        self.made_eager.clear()
 
 
 audit = Audit()
@@ -168,11 +170,15 @@ class Interceptor:
             where = f"{caller}:{frame.f_code.co_name}:{frame.f_lineno}"
             backend = _backend_name(kwargs.get("backend"))
 
+            code = frame.f_code
+            in_fn = getattr(code, "co_qualname", code.co_name)  # Class.method from Python 3.11
+
             def one(fn):
                 mod, qual = _name_of(fn)
-                why = decide(mod, qual, caller, frame.f_code.co_name)
+                why = decide(mod, qual, caller, in_fn)
                 audit.add(Entry(f"{mod}.{qual}", where, backend, why is not None, why, fn, "at definition"))
                 if why is not None:
+                    audit.made_eager[id(fn)] = fn
                     return original(fn, **dict(kwargs, disable=True))
                 return original(fn, **kwargs)
 

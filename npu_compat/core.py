@@ -400,6 +400,8 @@ def _on_import(module, gen=None):
                     raise
                 except Exception as exc:
                     outcome = _failed(rec, exc)
+                if outcome.state == UPSTREAM_FIXED and rec.kind == "guard":
+                    outcome = _made_eager_at_definition(rec, outcome) or outcome
                 if outcome.state == APPLIED and outcome.seen is not outcome.ours:
                     _state.originals[(rec.module, rec.qualname)] = outcome.seen
                     applied = True
@@ -418,6 +420,17 @@ def _on_import(module, gen=None):
             _log.warning("npu_compat: post-import hook failed: %s: %s", type(exc).__name__, exc)
         except Exception:
             pass
+
+
+def _made_eager_at_definition(rec, outcome):
+    fn = apply.unwrap(outcome.seen)
+    if audit.audit.made_eager.get(id(fn)) is not fn:
+        return None
+    return Outcome(
+        APPLIED,
+        f"{rec.qualname} was made eager where it was defined: npu_compat's torch.compile passed disable=True",
+        outcome.seen, outcome.seen,
+    )  # fmt: skip
 
 
 def _npu_setup(gen):

@@ -37,11 +37,25 @@ def _import_targets():
     return problems
 
 
-def build(import_targets=False):
+def _environment_route(cli):
+    """The route that activates a process of this environment.
+
+    The ``npu-compat`` command imports npu_compat itself: that import says
+    nothing about the environment, so from the CLI only the routes that ran
+    before it count (the bootstrap on PYTHONPATH, an installed hook).
+    """
+    if not cli:
+        return npu_compat.route(), _has_bootstrap(os.environ.get("PYTHONPATH"))
+    seen = [r for r in npu_compat.routes() if r != "import"]
+    route = next((r for r in ("inherited", "run", "sitecustomize") if r in seen), seen[0] if seen else None)
+    return route, _has_bootstrap(npu_compat.PYTHONPATH_AT_START)
+
+
+def build(import_targets=False, cli=False):
     problems = _import_targets() if import_targets and npu_compat.is_active() else {}
     npu, why = device.detect()
     patches = []
-    records = {p.name: p for p in registry.all_patches()}
+    records = {p.name: p for p in core.records()}
     for st in core.status():
         entry = st.as_dict()
         if st.module in problems and st.state in (core.PENDING, core.NOT_INSTALLED):
@@ -49,7 +63,10 @@ def build(import_targets=False):
             entry["reason"] = f"importing {st.module} failed: {problems[st.module]}"
         rec = records[st.name]
         entry.update(why=rec.why, how=rec.how, upstream_url=rec.upstream_url, remove_when=rec.remove_when)
+        if rec.kind == "guard":
+            entry.update(evidence=rec.evidence, versions=rec.versions)
         patches.append(entry)
+    route, inherit = _environment_route(cli)
     return {
         "npu_compat": npu_compat.__version__,
         "python": platform.python_version(),
@@ -57,10 +74,11 @@ def build(import_targets=False):
         "versions": {d: _version(d) for d in ("torch", "torch_npu", "sglang", "wrapt")},
         "device": {"npu": npu, "reason": why, "setting": os.environ.get("NPU_COMPAT_DEVICE", "")},
         "active": npu_compat.is_active(),
-        "route": npu_compat.route(),
+        "route": route,
         "routes": list(npu_compat.routes()),
-        "origin": os.environ.get(npu_compat.ORIGIN_VAR),
-        "children_inherit": _has_bootstrap(os.environ.get("PYTHONPATH")),
+        "cli": cli,
+        "origin": os.environ.get(npu_compat.ORIGIN_VAR) if route == "inherited" or not cli else None,
+        "children_inherit": inherit,
         "started_with_bootstrap": _has_bootstrap(npu_compat.PYTHONPATH_AT_START),
         "plugin_registered": _plugin_registered(),
         "bootstrap_dir": npu_compat.BOOTSTRAP_DIR,
@@ -68,6 +86,10 @@ def build(import_targets=False):
         "strict": os.environ.get("NPU_COMPAT_STRICT", ""),
         "registry_errors": list(registry.load()[1]),
         "patches": patches,
+        "eager": os.environ.get("NPU_COMPAT_EAGER", ""),
+        "report_file": os.environ.get("NPU_COMPAT_REPORT", ""),
+        "compiles": core.compiles(),
+        "walk_ms": core._state.walk_ms,
     }
 
 
@@ -95,17 +117,25 @@ def format_text(rep):
     ]
     if rep["disabled"]:
         lines.append("activation: disabled by NPU_COMPAT_DISABLE")
+    elif rep["cli"]:
+        if rep["route"]:
+            origin = f" (from {rep['origin']})" if rep["route"] == "inherited" and rep["origin"] else ""
+            lines.append(f"activation: this environment activates npu_compat via {rep['route']}{origin}")
+        else:
+            lines.append(
+                "activation: not set up here: a Python process of this shell activates npu_compat only if it "
+                "imports it or loads the sglang plugin (this command activated itself to evaluate the patches)"
+            )
     elif rep["active"]:
         origin = f" (from {rep['origin']})" if rep["route"] == "inherited" and rep["origin"] else ""
         lines.append(f"activation: active via {rep['route']}{origin}; routes seen: {', '.join(rep['routes'])}")
     else:
         lines.append("activation: inactive")
     lines.append(
-        "environment: this process was started "
-        + ("with" if rep["started_with_bootstrap"] else "without")
-        + " npu_compat's bootstrap on PYTHONPATH; its Python children "
-        + ("will" if rep["children_inherit"] else "will NOT")
-        + " activate npu_compat"
+        "environment: "
+        + ("npu_compat's bootstrap is on PYTHONPATH: Python children " if rep["children_inherit"] else
+           "npu_compat's bootstrap is not on PYTHONPATH: Python children do NOT ")
+        + ("activate npu_compat" if rep["children_inherit"] else "activate it by themselves")
     )
     lines.append(
         "plugin:    sglang plugin entry point "
@@ -118,4 +148,10 @@ def format_text(rep):
         lines.append(f"  {p['name']:<28} {p['state']:<15} {p['module']}.{p['function']}")
         lines.append(f"  {'':<28} {p['reason']}")
         lines.append(f"  {'':<28} now installed: {p['installed']}; upstream: {p['upstream']}")
+    if rep["device"]["npu"]:
+        lines.append(f"compiles by sglang seen on NPU in this process: {len(rep['compiles'])}")
+        for c in rep["compiles"]:
+            eager = f"eager ({c['why']})" if c["eager"] else "COMPILED"
+            called = {True: "called", False: "not called yet", None: "-"}[c["called"]]
+            lines.append(f"  {c['target']}  [{c['backend']}]  {eager}; {called}; at {c['where']}")
     return "\n".join(lines)

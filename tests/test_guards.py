@@ -1,0 +1,264 @@
+"""Guards (eager on NPU for a compiled site), the NPU_COMPAT_EAGER switch and the compile audit.
+
+A small sglang-shaped tree is written per test: a module with compiled
+sites (a function, a method, a staticmethod), another module that binds the
+compiled function by ``from ... import`` and as a class attribute, and a
+function that compiles at call time.  Guards are named with
+``NPU_COMPAT_EAGER=module:qualname``, which goes through the same guard
+records as the registry's.  Each case runs in its own interpreter.
+"""
+
+import json
+import os
+import textwrap
+
+import pytest
+from conftest import run_py
+
+NPU = "from support import fake_npu; fake_npu.install()\n"
+
+ROPE = '''
+import torch
+
+@torch.compile(dynamic=True)
+def rope(x, y):
+    return x * 2 + y
+
+class Rotary:
+    @torch.compile
+    def forward(self, x):
+        return x + 1
+
+    @staticmethod
+    @torch.compile(dynamic=True)
+    def helper(x):
+        return x - 1
+
+@torch.compile(backend="eager")
+def cheap(x):
+    return x + 2
+
+def late(fn):
+    # a compilation made at call time, inside a function body
+    return torch.compile(fn)
+
+def user_fn(x):
+    return x * 3
+'''
+
+USER = '''
+from sglang.srt.layers.rope import rope
+
+class Layer:
+    kernel = staticmethod(rope)
+    direct = rope
+
+def run(x):
+    return rope(x, x)
+'''
+
+SITES = "sglang.srt.layers.rope:rope,sglang.srt.layers.rope:Rotary.forward,sglang.srt.layers.rope:Rotary.helper"
+
+PROBE = """
+import torch, json
+import torch._dynamo.utils as du
+from npu_compat import _wrappers
+import sglang.srt.layers.rope as rope_mod, sglang.srt.layers.user as user_mod
+from support import report
+def k(obj):
+    return _wrappers.kind(obj.__func__ if isinstance(obj, staticmethod) else obj)
+x = torch.ones(3)
+out = [user_mod.run(x).tolist(), user_mod.Layer.kernel(x, x).tolist(), rope_mod.Rotary().forward(x).tolist(),
+       rope_mod.Rotary.helper(x).tolist()]
+kinds = {
+    "rope.rope": k(rope_mod.rope), "user.rope": k(vars(user_mod)["rope"]),
+    "Layer.kernel": k(vars(user_mod.Layer)["kernel"]), "Layer.direct": k(vars(user_mod.Layer)["direct"]),
+    "Rotary.forward": k(vars(rope_mod.Rotary)["forward"]), "Rotary.helper": k(vars(rope_mod.Rotary)["helper"]),
+}
+"""
+
+
+def make_tree(tmp_path):
+    root = tmp_path / "tree"
+    pkg = root / "sglang" / "srt" / "layers"
+    pkg.mkdir(parents=True)
+    for d in (root / "sglang", root / "sglang" / "srt", pkg):
+        (d / "__init__.py").write_text("")
+    (pkg / "rope.py").write_text(textwrap.dedent(ROPE))
+    (pkg / "user.py").write_text(textwrap.dedent(USER))
+    return str(root)
+
+
+def test_named_sites_on_npu_every_binding_eager_and_nothing_compiles(tmp_path):
+    _, r = run_py(
+        NPU + "import npu_compat\n" + PROBE + """
+report.emit(kinds=kinds, out=out, frames=report.frames(), states=report.states(),
+            same=vars(user_mod)["rope"] is rope_mod.rope)
+""",
+        tree=make_tree(tmp_path),
+        env={"NPU_COMPAT_EAGER": SITES},
+    )
+    assert set(r["kinds"].values()) == {"plain"}, r["kinds"]
+    assert r["same"] is True  # the other module holds the very eager function
+    assert r["frames"] == 0  # dynamo processed nothing
+    assert r["out"] == [[3.0] * 3, [3.0] * 3, [2.0] * 3, [0.0] * 3]
+    named = {k: v for k, v in r["states"].items() if k.startswith("eager:")}
+    assert set(named.values()) == {"applied"} and len(named) == 3
+
+
+@pytest.mark.parametrize("route", ["late-plugin", "late-api"])
+def test_late_activation_rewires_bindings_made_before_it(tmp_path, route):
+    # The sglang plugin runs after the scheduler imported its modules: every
+    # binding made by then is rewired, and deactivate() puts each one back.
+    activate = (
+        "from npu_compat import plugin; plugin.load()" if route == "late-plugin" else "npu_compat.activate()"
+    )
+    _, r = run_py(
+        NPU + """
+import sglang.srt.layers.user, sglang.srt.layers.rope
+before = {k: id(v) for k, v in vars(sglang.srt.layers.user).items()}
+import npu_compat
+""" + activate + "\n" + PROBE + """
+from npu_compat import core
+first = dict(kinds=kinds, out=out, frames=report.frames(), route=npu_compat.route(), walk=core._state.walk_ms)
+npu_compat.deactivate()
+after = {k: id(v) for k, v in vars(sglang.srt.layers.user).items()}
+import sglang.srt.layers.rope as r2
+report.emit(**first, restored=after == before, kinds_after=k(r2.rope), helper_after=k(vars(r2.Rotary)["helper"]))
+""",
+        tree=make_tree(tmp_path),
+        env={"NPU_COMPAT_EAGER": SITES},
+    )
+    assert set(r["kinds"].values()) == {"plain"}, r["kinds"]
+    assert r["frames"] == 0
+    assert r["route"] == ("plugin" if route == "late-plugin" else "api")
+    assert r["restored"] is True
+    assert r["kinds_after"] == "compiled" and r["helper_after"] == "compiled"
+
+
+def test_eager_all_intercepts_call_time_compiles_and_audits(tmp_path):
+    _, r = run_py(
+        NPU + "import npu_compat\n" + PROBE + """
+import npu_compat
+f = rope_mod.late(rope_mod.user_fn)          # torch.compile inside a function body
+outside = torch.compile(lambda t: t + 1)      # not sglang's: left alone
+rep = npu_compat.report()
+report.emit(kinds=kinds, late=_wrappers.kind(f), outside=_wrappers.kind(outside), res=f(x).tolist(),
+            frames=report.frames(), compiles=rep["compiles"], tc=getattr(torch.compile, "_npu_compat", False))
+""",
+        tree=make_tree(tmp_path),
+        env={"NPU_COMPAT_EAGER": "all"},
+    )
+    assert set(r["kinds"].values()) == {"plain"}
+    assert r["late"] == "plain" and r["res"] == [3.0] * 3
+    assert r["outside"] == "compiled"
+    assert r["frames"] == 0
+    assert r["tc"] is True
+    targets = {c["target"]: c for c in r["compiles"]}
+    assert "sglang.srt.layers.rope.user_fn" in targets
+    assert targets["sglang.srt.layers.rope.user_fn"]["where"].startswith("sglang.srt.layers.rope:late:")
+    assert all(c["eager"] and c["why"] == "NPU_COMPAT_EAGER=all" for c in r["compiles"])
+    assert {"sglang.srt.layers.rope.rope", "sglang.srt.layers.rope.Rotary.forward"} <= set(targets)
+
+
+def test_audit_without_eager_records_what_npu_compiles_and_whether_called(tmp_path):
+    # NPU_COMPAT_DEVICE=npu: an NPU by setting, so that dynamo can really run here.
+    _, r = run_py(
+        """
+import npu_compat, torch
+import sglang.srt.layers.rope as rope_mod
+rope_mod.cheap(torch.ones(2))
+from support import report
+rep = npu_compat.report()
+report.emit(compiles=rep["compiles"], frames=report.frames())
+""",
+        tree=make_tree(tmp_path),
+        env={"NPU_COMPAT_DEVICE": "npu"},
+    )
+    by = {c["target"]: c for c in r["compiles"]}
+    assert by["sglang.srt.layers.rope.rope"]["eager"] is False
+    assert by["sglang.srt.layers.rope.rope"]["backend"] == "inductor"
+    assert by["sglang.srt.layers.rope.cheap"]["backend"] == "eager"
+    assert by["sglang.srt.layers.rope.cheap"]["called"] is True
+    assert by["sglang.srt.layers.rope.rope"]["called"] is False
+    assert r["frames"] > 0  # it really compiled: the audit tells a compiled site from an eager one
+
+
+def test_report_file_one_line_per_process_many_writers(tmp_path):
+    out = tmp_path / "audit.jsonl"
+    # 8 Python children started at once inherit the activation (bootstrap on
+    # PYTHONPATH) and each appends its record at exit.
+    _, r = run_py(
+        """
+import subprocess, sys, npu_compat
+import sglang.srt.layers.rope
+ps = [subprocess.Popen([sys.executable, "-c", "import sglang.srt.layers.rope"]) for i in range(8)]
+from support import report
+report.emit(codes=[p.wait(120) for p in ps])
+""",
+        tree=make_tree(tmp_path),
+        env={"NPU_COMPAT_REPORT": str(out), "NPU_COMPAT_EAGER": "all", "NPU_COMPAT_DEVICE": "npu"},
+    )
+    assert r["codes"] == [0] * 8
+    lines = out.read_text().splitlines()
+    recs = [json.loads(line) for line in lines]  # every line is whole JSON
+    assert len(recs) == 9 and len({x["pid"] for x in recs}) == 9
+    assert all(any(c["target"] == "sglang.srt.layers.rope.rope" for c in x["compiles"]) for x in recs)
+
+
+def test_off_npu_no_interception_no_walk_every_attribute_identical(tmp_path):
+    _, r = run_py(
+        """
+import sys, torch
+tc = torch.compile
+import sglang.srt.layers.user, sglang.srt.layers.rope
+def snap():
+    out = {}
+    for name, m in list(sys.modules.items()):
+        if name.partition(".")[0] == "sglang" and m is not None:
+            out[name] = {k: id(v) for k, v in vars(m).items()}
+            for v in vars(m).values():
+                if isinstance(v, type):
+                    out[name + ":" + v.__qualname__] = {k: id(x) for k, x in vars(v).items()}
+    return out
+before = snap()
+import npu_compat
+from npu_compat import core, plugin
+plugin.load()
+import sglang.srt.layers.rope
+from support import report
+report.emit(same=snap() == before, tc=torch.compile is tc, walk=core._state.walk_ms, compiles=core.compiles(),
+            states=report.states())
+""",
+        tree=make_tree(tmp_path),
+        env={"NPU_COMPAT_EAGER": "all"},
+    )
+    assert r["same"] is True and r["tc"] is True
+    assert r["walk"] is None and r["compiles"] == []
+    assert "applied" not in r["states"].values()
+
+
+@pytest.mark.parametrize(
+    "value, warned",
+    [("all", False), ("", False), ("sglang.x:y", False), ("os:path", True), ("no such thing", True), ("a:b:c", True)],
+)
+def test_eager_setting_understood_or_one_warning(value, warned):
+    from npu_compat import audit
+
+    import logging
+
+    records = []
+
+    class H(logging.Handler):
+        def emit(self, rec):
+            records.append(rec.getMessage())
+
+    log = logging.getLogger("npu_compat")
+    h = H()
+    log.addHandler(h)
+    try:
+        for _ in range(3):
+            audit.parse_eager(value + " ", {"some-guard"}, ("sglang",))
+    finally:
+        log.removeHandler(h)
+    assert len(records) == (1 if warned else 0), records
