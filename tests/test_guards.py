@@ -92,7 +92,7 @@ def make_tree(tmp_path):
 def test_named_sites_on_npu_every_binding_eager_and_nothing_compiles(tmp_path):
     _, r = run_py(
         NPU + "import npu_compat\n" + PROBE + """
-report.emit(kinds=kinds, out=out, frames=report.frames(), states=report.states(),
+report.emit(kinds=kinds, out=out, frames=report.frames(), states=report.all_states(),
             same=vars(user_mod)["rope"] is rope_mod.rope)
 """,
         tree=make_tree(tmp_path),
@@ -228,7 +228,7 @@ plugin.load()
 import sglang.srt.layers.rope
 from support import report
 report.emit(same=snap() == before, tc=torch.compile is tc, walk=core._state.walk_ms, compiles=core.compiles(),
-            states=report.states())
+            states=report.all_states())
 """,
         tree=make_tree(tmp_path),
         env={"NPU_COMPAT_EAGER": "all"},

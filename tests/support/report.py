@@ -25,6 +25,13 @@ def describe(module):
 
 
 def states():
+    """The overlap_utils patches' states (the records these fixture trees are about)."""
+    import npu_compat
+
+    return {s.name: s.state for s in npu_compat.status() if s.module == "sglang.srt.managers.overlap_utils"}
+
+
+def all_states():
     import npu_compat
 
     return {s.name: s.state for s in npu_compat.status()}
