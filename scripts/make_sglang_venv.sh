@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build a venv with the real sglang 0.5.13 from PyPI, for tests/test_real_sglang.py.
-#   usage: scripts/make_sglang_venv.sh DIR      (about 6 GB and 1.5 minutes on this machine)
+# Build a venv with the real sglang from PyPI, for tests/test_real_*.py and the scan tests:
+# 0.5.13 installed in the venv, 0.5.23 as a --target tree in DIR/sglang-0.5.23
+# (chosen with PYTHONPATH=DIR/sglang-0.5.23).
+#   usage: scripts/make_sglang_venv.sh DIR      (about 6 GB and 2 minutes on this machine)
 # sglang is installed with --no-deps, plus only what importing its scheduler
 # and overlap_utils needs on a CPU; torchvision is required at import, and
 # 0.29.1 is the build that matches a torch (2.14.1) lying on this disk.
@@ -11,7 +13,9 @@ python3 -m venv "$dir"
 "$dir/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 \
     orjson psutil pybase64 requests packaging starlette tqdm ipython pydantic aiohttp \
     huggingface_hub pyzmq transformers==5.8.1 openai partial_json_parser dill sentencepiece \
-    setproctitle einops compressed_tensors gguf msgspec uvicorn fastapi wrapt
+    setproctitle einops compressed_tensors gguf msgspec uvicorn fastapi apache-tvm-ffi wrapt
 "$dir/bin/pip" install -q --no-deps sglang==0.5.13
+"$dir/bin/pip" install -q --no-deps --target "$dir/sglang-0.5.23" sglang==0.5.23
 "$dir/bin/pip" install -q --no-deps -e "$here"
 "$dir/bin/python" -c "import sglang.srt.managers.overlap_utils, npu_compat"
+PYTHONPATH="$dir/sglang-0.5.23" "$dir/bin/python" -c "import sglang, sglang.srt.managers.overlap_utils; assert sglang.__version__ == '0.5.23'"
