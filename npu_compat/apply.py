@@ -179,7 +179,22 @@ def _decide_patch(rec, holder, attr, stored, current, kind, swaps, ours):
     )  # fmt: skip
 
 
+def _decide_calls(rec, stored, current):
+    code = getattr(current, "__code__", None) if type(current) is FunctionType else None
+    if code is None:
+        return Outcome(INCOMPATIBLE, f"{rec.target} is not a Python function: left as it is", stored)
+    if "compile" not in code.co_names:
+        return Outcome(UPSTREAM_FIXED, f"{rec.qualname} calls no torch.compile here", stored)
+    return Outcome(
+        APPLIED,
+        f"torch.compile calls inside {rec.qualname} run eagerly on NPU (disable=True, as {rec.upstream})",
+        stored, stored,
+    )  # fmt: skip
+
+
 def _decide_guard(rec, holder, attr, stored, current, kind, swaps):
+    if rec.scope == "calls":
+        return _decide_calls(rec, stored, current)
     if kind == _wrappers.PLAIN:
         return Outcome(UPSTREAM_FIXED, f"{rec.qualname} is not compiled on NPU here (a plain function)", stored)
     if kind == _wrappers.DISABLED:

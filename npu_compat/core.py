@@ -91,6 +91,7 @@ class _State:
         self.interceptor = None
         self.npu_ready = None  # generation whose NPU set-up ran
         self.waiting = {}  # module name -> waiter threads not finished
+        self.call_guards = {}  # (module, function qualname) -> name of a guard of scope "calls"
         self.walk_ms = None
 
 
@@ -128,6 +129,9 @@ def records():
         if _state.records is None:
             _state.setting = setting
             _state.records = base + tuple(extra)
+            _state.call_guards = {
+                (r.module, r.qualname): r.name for r in _state.records if getattr(r, "scope", "site") == "calls"
+            }
         return _state.records
 
 
@@ -476,6 +480,9 @@ def _eager_reason(module, qualname, caller_module, caller_function):
     s = _state.setting
     if s.everything:
         return "NPU_COMPAT_EAGER=all"
+    out = _state.outcomes.get(_state.call_guards.get((caller_module, caller_function)))
+    if out is not None and out.state == APPLIED:
+        return f"guard {_state.call_guards[(caller_module, caller_function)]}"
     if (module, qualname) in s.sites or (caller_module, caller_function) in s.sites:
         return "named by NPU_COMPAT_EAGER"
     return None

@@ -125,16 +125,27 @@ class Guard(_Record):
         "evidence",  # the call path that reaches the site on NPU
         "versions",  # the sglang releases where the site is compiled on NPU
         "default",  # True: applied on NPU unless disabled; False: only when NPU_COMPAT_EAGER names it
+        # "site": qualname is the compiled function; "calls": qualname is a function whose body
+        # calls torch.compile at run time (per instance, say): those compilations run eagerly
+        "scope",
     )
     _TEXT = ("name", "module", "qualname", "why", "evidence", "versions", "upstream", "remove_when")
-    _DEFAULTS = {"params": None, "upstream_url": "", "default": True}
+    _DEFAULTS = {"params": None, "upstream_url": "", "default": True, "scope": "site"}
     __slots__ = _FIELDS
     kind = "guard"
-    how = "on NPU the compiled object's own eager function takes its place, as torch.compile(fn, disable=True) gives"
 
     @property
     def function(self):
         return self.qualname
+
+    @property
+    def how(self):
+        if self.scope == "calls":
+            return (
+                f"on NPU, torch.compile calls made inside {self.qualname} get disable=True "
+                "(npu_compat's torch.compile hook): what they compile runs eagerly"
+            )
+        return "on NPU the compiled object's own eager function takes its place, as torch.compile(fn, disable=True) gives"
 
     def problem(self):
         problem = super().problem()
@@ -142,6 +153,8 @@ class Guard(_Record):
             return problem
         if not isinstance(self.default, bool):
             return "default must be True or False"
+        if self.scope not in ("site", "calls"):
+            return "scope must be 'site' or 'calls'"
         return ""
 
 

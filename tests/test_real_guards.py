@@ -111,6 +111,8 @@ def test_registry_guards_on_simulated_npu(version, route):
     assert r["states"]["llama4-mul-attn-scale"] == "applied"
     assert r["states"]["minimax-vl-rope-applier"] == ("applied" if version == "0.5.23" else "pending")
     assert r["states"]["dflash-swiglu-alpha-limit"] == "opt-in"
+    assert r["states"]["ernie-vl-rotary"] == "opt-in"
+    assert r["states"]["hyperconnection-compute"] == "pending"  # its module is not loaded here
     assert r["states"]["overlap-assert-nonneg"] == "upstream-fixed"
     assert r["left"] == []  # no binding of a guarded site is still compiled, in any loaded module
     assert r["same"] is True  # rope_variant's own binding is the very eager function
@@ -172,3 +174,35 @@ report.emit(same=after == before, modules=len(before), tc=torch.compile is tc, w
     assert r["same"] is True and r["modules"] > 500
     assert r["tc"] is True and r["walk"] is None
     assert "applied" not in r["states"]
+
+
+@needs_sglang
+@pytest.mark.parametrize("disabled", [False, True])
+def test_call_time_guard_hyperconnection_0_5_23(disabled):
+    # GatedResidual.__init__ compiles two closures per instance; NPU tensors always take them.
+    code = SIMULATE + """
+import sys, torch
+import npu_compat
+import torch._dynamo.utils as du
+from sglang.srt.layers.hyperconnection import GatedResidual, HyperConnectionConfig
+from npu_compat import _wrappers
+g = GatedResidual(HyperConnectionConfig(params_dtype=torch.float32))
+kinds = [_wrappers.kind(g._mix_compute), _wrappers.kind(g._combine_compute)]
+frames = None
+if kinds == ["plain", "plain"]:
+    f0 = sum(du.counters["frames"].values())
+    try:
+        g.mix(torch.rand(3, 4 * 64))  # [tokens, hc_count * hidden], on the CPU
+        frames = sum(du.counters["frames"].values()) - f0
+    except Exception as exc:
+        frames = repr(exc)
+from support import report
+report.emit(kinds=kinds, frames=frames, state={s.name: s.state for s in npu_compat.status()}["hyperconnection-compute"])
+"""
+    env = {"NPU_COMPAT_DISABLE": "hyperconnection-compute"} if disabled else None
+    _, r = run_version("0.5.23", code, env=env)
+    if disabled:
+        assert r["kinds"] == ["compiled", "compiled"] and r["state"] == "disabled"
+    else:
+        assert r["kinds"] == ["plain", "plain"] and r["state"] == "applied"
+        assert r["frames"] == 0

@@ -67,6 +67,39 @@ PATCHES = (
         remove_when="sglang guards _minimax_rope_applier with disable=_is_npu (then: upstream-fixed)",
     ),
     Guard(
+        name="hyperconnection-compute",
+        module="sglang.srt.layers.hyperconnection",
+        qualname="GatedResidual.__init__",
+        scope="calls",
+        why="compiles its mix and combine closures per instance with the default (inductor) backend on every device",
+        evidence=(
+            "GatedResidual.mix and .combine take their fast paths only on CUDA tensors (CuTe / JIT kernels); "
+            "on NPU tensors they always call self._mix_compute and self._combine_compute, the compiled closures "
+            "(used by the qwen4_exp model)"
+        ),
+        versions="0.5.23 (the module is new after 0.5.13)",
+        upstream="sglang PR #26403 (same remedy)",
+        upstream_url="https://github.com/sgl-project/sglang/pull/26403",
+        remove_when="sglang compiles these closures with disable=_is_npu (then: npu_compat finds nothing to do)",
+    ),
+    Guard(
+        name="ernie-vl-rotary",
+        module="sglang.srt.layers.rotary_embedding.mrope",
+        qualname="Ernie4_5_VLRotaryEmbedding.__init__",
+        scope="calls",
+        why="compiles apply_rotary_emb per instance with the default (inductor) backend on every device",
+        evidence=(
+            "Ernie4_5_VLRotaryEmbedding.forward goes to forward_cuda on every device but XPU; there 1-D positions "
+            "off CUDA reach the compiled function (seen on the simulated NPU), 2-D positions a Triton kernel. "
+            "ernie45_vl passes 2-D positions whenever its config has mrope_section: reachability unclear, opt-in"
+        ),
+        versions="0.5.13 to 0.5.23",
+        upstream="the identical site in layers/rotary_embedding/base.py got disable=_is_npu after 0.5.13",
+        upstream_url="",
+        remove_when="sglang compiles it with disable=_is_npu",
+        default=False,
+    ),
+    Guard(
         name="dflash-swiglu-alpha-limit",
         module="sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe",
         qualname="swiglu_no_interleaved_with_alpha_and_limit",
