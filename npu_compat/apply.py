@@ -14,6 +14,9 @@ module, a class attribute) can be rewired by :func:`rewire`, and restored by
 """
 
 import sys
+from bisect import bisect_right
+from itertools import accumulate, chain, compress, repeat
+from operator import attrgetter, is_, methodcaller
 from types import FunctionType
 
 from npu_compat import NpuCompatError, _env, _log, _wrappers
@@ -234,61 +237,142 @@ def package_modules(packages):
     return out
 
 
-def _holders(module):
-    """The module and the classes it defines, each with its own dictionary."""
-    d = getattr(module, "__dict__", None)
-    if type(d) is not dict:
-        return
-    yield module, d
-    name = d.get("__name__")
-    for value in list(d.values()):
-        if isinstance(value, type):
-            cd = value.__dict__
-            if cd.get("__module__") == name:
-                yield value, cd
+# The walk filters dictionaries at C speed, with exact type checks: a late
+# activation walks ~30,000 module attributes, and isinstance() could consult
+# a foreign object's __class__ (a lazy-import proxy may import on that).
+_is_type_subclass = type.__dict__["__subclasscheck__"].__get__(type)
+_code_of = attrgetter("__code__")
 
 
-def walk(modules, swaps, found=None):
-    """Rewire every binding of a swapped compiled object in ``modules``.
+_func_of = attrgetter("__func__")
+_values = methodcaller("values")  # a dict's or a class's mappingproxy's
 
-    ``found(holder, attr, fn)``, if given, is called for every compiled
-    function seen (compile wrappers only, read from ``vars()``); it may
-    return an eager function to swap in, or None.  Returns the number of
+
+def _collect(modules):
+    """Every value of ``modules`` and of the classes they define, with its type and holder.
+
+    Built with C-level passes only: no Python call per value.
+    """
+    holders = [(m, m.__dict__) for m in modules if type(getattr(m, "__dict__", None)) is dict]
+    values = list(chain.from_iterable(map(_values, [d for _, d in holders])))
+    types = list(map(type, values))
+    names = {m.__name__ for m, _ in holders}
+    nmod = len(holders)
+    classes = list(compress(values, map(_is_type_subclass, types)))
+    for cls in dict(zip(map(id, classes), classes)).values():  # each class once, by identity
+        cd = cls.__dict__
+        if cd.get("__module__") in names:
+            holders.append((cls, cd))
+    more = list(chain.from_iterable(map(_values, [d for _, d in holders[nmod:]])))
+    values += more
+    types += map(type, more)
+    ends = list(accumulate(map(len, [d for _, d in holders])))
+    return holders, values, types, ends
+
+
+def _keys_of(d, value):
+    """The keys under which ``d`` holds exactly ``value``."""
+    return list(compress(list(d), map(is_, list(d.values()), repeat(value))))
+
+
+def _where(values, types, wanted):
+    """Indices of the values that are in ``wanted`` (ids), bare or as a static/classmethod's function."""
+    out = set(compress(range(len(values)), map(wanted.__contains__, map(id, values))))
+    if staticmethod in types or classmethod in types:
+        idx = list(compress(range(len(values)), map(_DESCRIPTORS.__contains__, types)))
+        out.update(compress(idx, map(wanted.__contains__, map(id, map(_func_of, map(values.__getitem__, idx))))))
+    return out
+
+
+def _wrappers_at(values, types, codes):
+    """Indices of the values that are torch wrappers (bare or in a static/classmethod), by code id."""
+    idx = list(compress(range(len(values)), map(is_, types, repeat(FunctionType))))
+    out = set(compress(idx, map(codes.__contains__, map(id, map(_code_of, map(values.__getitem__, idx))))))
+    if staticmethod in types or classmethod in types:
+        idx = list(compress(range(len(values)), map(_DESCRIPTORS.__contains__, types)))
+        inner = list(map(_func_of, map(values.__getitem__, idx)))
+        keep = list(map(is_, map(type, inner), repeat(FunctionType)))
+        idx, inner = list(compress(idx, keep)), list(compress(inner, keep))
+        out.update(compress(idx, map(codes.__contains__, map(id, map(_code_of, inner)))))
+    return out
+
+
+_DESCRIPTORS = frozenset((staticmethod, classmethod))
+
+
+def wrapper_codes(torch):
+    """The ids of the code objects of torch's compile and disable wrappers, made once on a probe.
+
+    The probe wrappers are kept alive (in the returned tuple) so the ids stay theirs.
+    """
+    def probe():
+        return None
+
+    codes, keep = set(), []
+    for make in (lambda: torch.compile(probe), lambda: torch.compiler.disable(probe)):
+        try:
+            w = make()
+            if type(w) is FunctionType:
+                codes.add(id(w.__code__))
+                keep.append(w)
+        except Exception:
+            pass
+    _probes.extend(keep)
+    return frozenset(codes) or None
+
+
+_probes = []
+
+
+def walk(modules, swaps, found=None, codes=None):
+    """Rewire every binding of a swapped compiled object in ``modules`` (and their classes).
+
+    ``found(holder, attr, fn)``, if given, is called for every compile
+    wrapper seen; it may return an eager function to swap in, or None.
+    ``codes``: ids of torch's wrapper code objects (:func:`wrapper_codes`);
+    without them every function is looked at.  Returns the number of
     bindings rewired.
     """
     eager = swaps.eager
+    holders, values, types, ends = _collect(modules)
+    at = set()
+    if codes is not None:
+        at = _wrappers_at(values, types, codes)  # every compile wrapper, the swapped ones among them
+    if eager and (codes is None or not all(id(c.__code__) in codes for c, _ in eager.values())):
+        at |= _where(values, types, set(eager))
+    if found is not None and codes is None:
+        at |= set(compress(range(len(values)), map(_FUNCTIONS.__contains__, types)))
     n = 0
     orig = _wrappers.ORIG
-    for module in modules:
-        for holder, d in _holders(module):
-            for key, value in list(d.items()):
-                fn = value
-                if type(fn) is not FunctionType:
-                    if type(fn) not in (staticmethod, classmethod):
-                        continue
-                    fn = fn.__func__
-                    if type(fn) is not FunctionType:
-                        continue
-                fd = fn.__dict__
-                if not fd or orig not in fd:
-                    continue
-                pair = eager.get(id(fn))
-                if pair is None and found is not None:
-                    new = found(holder, key, fn)
-                    if new is not None:
-                        swaps.add(fn, new)
-                        pair = (fn, new)
-                if pair is None or pair[0] is not fn:
-                    continue
-                replacement = rewrap(value, pair[1])
-                try:
-                    put(holder, key, replacement)
-                except Exception as exc:
-                    _log.warning("npu_compat: could not rewire %s.%s: %s", getattr(holder, "__name__", "?"), key, exc)
-                    continue
-                swaps.rewired.append((holder, key, value, replacement))
-                n += 1
+    pairs = {}
+    for i in sorted(at):
+        holder, d = holders[bisect_right(ends, i)]
+        for key in _keys_of(d, values[i]):
+            pairs[(id(holder), key)] = (holder, key, values[i])
+    for holder, key, value in pairs.values():
+        fn = value.__func__ if type(value) in _DESCRIPTORS else value
+        if type(fn) is not FunctionType:
+            continue
+        pair = eager.get(id(fn))
+        if pair is None and found is not None and orig in fn.__dict__:
+            new = found(holder, key, fn)
+            if new is not None:
+                swaps.add(fn, new)
+                pair = (fn, new)
+        if pair is None or pair[0] is not fn:
+            continue
+        replacement = rewrap(value, pair[1])
+        try:
+            put(holder, key, replacement)
+        except Exception as exc:
+            _log.warning("npu_compat: could not rewire %s.%s: %s", getattr(holder, "__name__", "?"), key, exc)
+            continue
+        swaps.rewired.append((holder, key, value, replacement))
+        n += 1
     return n
+
+
+_FUNCTIONS = frozenset((FunctionType, staticmethod, classmethod))
 
 
 def restore(swaps):

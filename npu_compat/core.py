@@ -93,6 +93,7 @@ class _State:
         self.waiting = {}  # module name -> waiter threads not finished
         self.call_guards = {}  # (module, function qualname) -> name of a guard of scope "calls"
         self.walk_ms = None
+        self.codes = None  # code objects of torch's compile/disable wrappers (apply.wrapper_codes)
 
 
 _state = _State()
@@ -411,12 +412,17 @@ def _on_import(module, gen=None):
                     applied = True
                 _state.outcomes[rec.name] = outcome
             if applied:
-                # Bindings made before the hook fired: the module's own, and those of
-                # modules still executing (a circular import).  The rest comes later.
-                mods = [module] + [
-                    m for m in apply.package_modules(npu_compat.WATCHED_PACKAGES) if m is not module and _initializing(m)
-                ]
-                apply.walk(mods, _state.swaps)
+                # Bindings made before the hook fired: the module's own and, when it has
+                # just executed, those of modules still executing (a circular import).
+                # A module found already loaded is covered by _npu_setup's walk.
+                mods = [module]
+                if not _registering.active:
+                    mods += [
+                        m
+                        for m in apply.package_modules(npu_compat.WATCHED_PACKAGES)
+                        if m is not module and _initializing(m)
+                    ]
+                apply.walk(mods, _state.swaps, codes=_state.codes)
     except NpuCompatError:
         raise
     except Exception as exc:  # never fail the host's import
@@ -453,6 +459,8 @@ def _npu_setup(gen):
             _state.npu_ready = gen
             setting = _state.setting
             watched = npu_compat.WATCHED_PACKAGES
+            if _state.codes is None:
+                _state.codes = apply.wrapper_codes(torch)  # before torch.compile is intercepted
             if _state.interceptor is None:
                 _state.interceptor = audit.Interceptor(torch, watched, _eager_reason)
                 _state.interceptor.install()
@@ -469,7 +477,7 @@ def _npu_setup(gen):
                 return eager if why is not None else None
 
             t = time.perf_counter()
-            apply.walk(apply.package_modules(watched), _state.swaps, found)
+            apply.walk(apply.package_modules(watched), _state.swaps, found, _state.codes)
             _state.walk_ms = (time.perf_counter() - t) * 1e3
     except Exception as exc:
         _log.warning("npu_compat: NPU set-up failed: %s: %s", type(exc).__name__, exc)

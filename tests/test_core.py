@@ -311,4 +311,4 @@ report.emit(rc=rc, device=rep["device"], states=[p["state"] for p in rep["patche
     )
     assert r["rc"] == 0
     assert r["device"]["npu"] is False and "torch cannot be imported" in r["device"]["reason"]
-    assert r["states"] == ["not-installed", "not-installed"]
+    assert set(r["states"]) == {"not-installed"} and len(r["states"]) >= 2
