@@ -49,8 +49,10 @@ def disabled(known_names=None):
     """Parse NPU_COMPAT_DISABLE -> (everything_disabled, names_disabled).
 
     ``1``/``true``/``all`` disable npu_compat; otherwise a comma-separated
-    list of patch names disables those patches.  Names are only compared
-    with the registry's, never imported.
+    list of patch names disables those patches.  Names are compared with the
+    registry's case-insensitively (an exact match wins when two known names
+    differ only in case) and returned as the registry spells them; they are
+    never imported.
     """
     raw = _get("NPU_COMPAT_DISABLE")
     value = _norm(raw)
@@ -60,7 +62,17 @@ def disabled(known_names=None):
         return False, frozenset()
     names = frozenset(t.strip() for t in raw.split(",") if t.strip())
     if known_names is not None:
-        unknown = sorted(n for n in names if n not in known_names)
+        folded = {}
+        for known in known_names:
+            folded.setdefault(known.casefold(), set()).add(known)
+        resolved, unknown = set(), []
+        for n in sorted(names):
+            if n in known_names:
+                resolved.add(n)
+            elif n.casefold() in folded:
+                resolved |= folded[n.casefold()]
+            else:
+                unknown.append(n)
         if unknown:
             _log.warning_once(
                 ("NPU_COMPAT_DISABLE", raw),
@@ -69,7 +81,7 @@ def disabled(known_names=None):
                 ", ".join(sorted(known_names)),
                 "them" if len(unknown) > 1 else "it",
             )
-        names = frozenset(n for n in names if n in known_names)
+        names = frozenset(resolved)
     return False, names
 
 

@@ -5,10 +5,18 @@ previous sitecustomize.py (if any) byte for byte, runs it after activating
 npu_compat, and gives it back on uninstall.  Every change is one
 ``os.replace`` of a fully written, fsynced temporary file, so a crash leaves
 either the old or the new file, never a mix; a stale temporary file is
-removed by the next install or uninstall.
+removed by the next install or uninstall.  A temporary file is locked by its
+writer (``flock``) until it is renamed, so a concurrent install never takes
+another's for stale.  Each change also drops ``__pycache__/sitecustomize.*.pyc``:
+a cache compiled with ``--invalidation-mode unchecked-hash`` would otherwise
+keep running the old file.
+
+Why ``sitecustomize.py`` and not an additive ``.pth`` file: see the notes
+before ``install``.
 """
 
 import base64
+import errno
 import hashlib
 import os
 import stat
@@ -19,7 +27,7 @@ MARKER = "# npu-compat sitecustomize, format 1"
 _TMP_PREFIX = ".npu-compat-"
 _TMP_SUFFIX = ".tmp"
 
-_TEMPLATE = '''{marker}: written by `npu-compat install`; undo with `npu-compat uninstall`.
+_TEMPLATE = '''{marker}: written by `npu-compat install`; undo with `npu-compat uninstall` (before `pip uninstall npu-compat`).
 # npu-compat-checksum: {checksum}
 """Activates npu_compat, then runs the sitecustomize.py that was here before (kept below)."""
 
@@ -31,7 +39,9 @@ def _npu_compat_activate():
     try:
         import npu_compat
     except ImportError:
-        return  # npu_compat was removed from this environment: stay out of the way
+        return  # npu_compat was removed (`pip uninstall` before `npu-compat uninstall`): stay out of the way
+    if not callable(getattr(npu_compat, "activate", None)):
+        return  # only a leftover directory of it (a namespace package): the same
     try:
         npu_compat.activate(route="sitecustomize")
     except Exception as exc:
@@ -106,10 +116,47 @@ def _check_dir(site_dir, clean=True):
 def _clean_stale(site_dir):
     for entry in os.listdir(site_dir):
         if entry.startswith(_TMP_PREFIX) and entry.endswith(_TMP_SUFFIX):
-            try:
-                os.unlink(os.path.join(site_dir, entry))
-            except OSError:
-                pass
+            _remove_if_abandoned(os.path.join(site_dir, entry))
+
+
+def _lock(fd, block):
+    """flock `fd` exclusively: True if held, False if another holds it, None where locking is unsupported."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+
+
+def _remove_if_abandoned(path):
+    # A writer holds its temporary file locked until the rename: a file
+    # nobody holds is left by a process that died.  Where locks are not
+    # supported, only a file older than an hour is taken for stale.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        held = _lock(fd, block=False)
+        if held is False:
+            return
+        if held is None:
+            import time
+
+            if time.time() - os.fstat(fd).st_mtime < 3600:
+                return
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:  # still that file, not renamed meanwhile
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _read_current(path):
@@ -127,10 +174,22 @@ def _read_current(path):
     return data, stat.S_IMODE(st.st_mode)
 
 
-def _atomic_write(site_dir, data, mode):
+def _new_temporary(site_dir):
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=site_dir)
+    for _ in range(10):
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=site_dir)
+        # Another install's clean-up may have taken it for stale before the
+        # lock: then it is gone, and a new one is made.
+        _lock(fd, block=True)
+        if os.fstat(fd).st_nlink:
+            return fd, tmp
+        os.close(fd)
+    raise OSError(errno.EAGAIN, "temporary files kept disappearing")
+
+
+def _atomic_write(site_dir, data, mode):
+    fd, tmp = _new_temporary(site_dir)
     try:
         try:
             view = memoryview(data)
@@ -138,9 +197,9 @@ def _atomic_write(site_dir, data, mode):
                 view = view[os.write(fd, view) :]
             os.fchmod(fd, mode)
             os.fsync(fd)
+            os.replace(tmp, os.path.join(site_dir, NAME))
         finally:
-            os.close(fd)
-        os.replace(tmp, os.path.join(site_dir, NAME))
+            os.close(fd)  # only now: the lock tells other runs the file is in use
     except BaseException:
         try:
             os.unlink(tmp)
@@ -172,11 +231,37 @@ def plan_install(site_dir, clean=False):
     return render(data, mode)
 
 
-def install(site_dir, dry_run=False):
-    """Write npu-compat's sitecustomize.py into site_dir.  Returns the text."""
+# Why npu-compat owns sitecustomize.py rather than adding a ``<name>.pth``
+# file (weighed for issue 11):
+# - A .pth import line is deprecated by PEP 829 (accepted, Python 3.15):
+#   silently ignored from 3.18.  Its successor, a ``<name>.start`` entry
+#   point, is resolved by site.py, which reports a failure on stderr: left
+#   behind when npu_compat is gone, it would print at every start, where
+#   this file's own try/except stays silent.
+# - site.py runs a .pth line while it is still adding site directories: one
+#   in the user site runs before the system site-packages (where npu_compat
+#   may be) is on sys.path.  sitecustomize runs after all of them.
+# - .pth files are read only in site directories, sitecustomize.py in any
+#   sys.path entry.  -S skips both; -I and -E skip neither.
+# - Cost per start is the same (npu_compat's import and activation either
+#   way; measured 20.1 ms vs 22.0 ms for the .pth, bare python 11.8 ms, on a
+#   loaded 2-core machine).  Left behind by `pip uninstall`, either costs one
+#   failed import per start; this file is written to stay silent then.
+# - The price is the single slot: the previous file is kept byte for byte
+#   and chained, compiled or packaged competitors are refused, a
+#   sitecustomize earlier on sys.path is warned about.
+
+
+def install(site_dir, dry_run=False, warn=None):
+    """Write npu-compat's sitecustomize.py into site_dir.  Returns the text.
+
+    `warn(message)` is told of anything that did not go as planned but
+    changed nothing's correctness (a stale bytecode cache it could not drop).
+    """
     text = plan_install(site_dir, clean=not dry_run)
     if not dry_run:
         _write(site_dir, text.encode("utf-8"), 0o644)
+        _drop_bytecode(site_dir, warn)
     return text
 
 
@@ -194,7 +279,7 @@ def plan_uninstall(site_dir, clean=False):
     return _parse(text)
 
 
-def uninstall(site_dir, dry_run=False):
+def uninstall(site_dir, dry_run=False, warn=None):
     """Put back what was there before install.  Returns the previous bytes or None."""
     previous, mode = plan_uninstall(site_dir, clean=not dry_run)
     if not dry_run:
@@ -202,7 +287,29 @@ def uninstall(site_dir, dry_run=False):
             _atomic_remove(site_dir)
         else:
             _write(site_dir, previous, 0o644 if mode is None else mode)
+        _drop_bytecode(site_dir, warn)
     return previous
+
+
+def _drop_bytecode(site_dir, warn):
+    # Bytecode caches of the file just replaced: derived data, never a
+    # user's file (Python does not import a __pycache__ file without its
+    # source).  One compiled with an unchecked hash is never compared with
+    # its source, so it would go on running the old file.
+    cache = os.path.join(site_dir, "__pycache__")
+    try:
+        names = os.listdir(cache)
+    except OSError:
+        return
+    for entry in sorted(names):
+        if entry.startswith("sitecustomize.") and entry.endswith(".pyc"):
+            try:
+                os.unlink(os.path.join(cache, entry))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if warn is not None:
+                    warn(f"could not remove the stale cache {os.path.join(cache, entry)}: {exc.strerror or exc}; remove it by hand")
 
 
 def _write(site_dir, data, mode):
@@ -212,14 +319,26 @@ def _write(site_dir, data, mode):
         raise Refused(f"could not write {os.path.join(site_dir, NAME)}: {exc.strerror or exc}; nothing changed") from None
 
 
+def _same_dir(a, b):
+    return os.path.normcase(os.path.realpath(a or os.curdir)) == os.path.normcase(os.path.realpath(b or os.curdir))
+
+
+def on_sys_path(site_dir):
+    """Whether this interpreter would look for sitecustomize in site_dir at all."""
+    return any(_same_dir(entry, site_dir) for entry in sys.path)
+
+
 def shadowing(site_dir):
-    """A sitecustomize earlier on sys.path that would run instead of site_dir's, or None."""
+    """A sitecustomize earlier on sys.path that would run instead of site_dir's, or None.
+
+    None too when site_dir is not on sys.path (on_sys_path() tells that).
+    """
     from importlib.machinery import PathFinder
 
-    target = os.path.normcase(os.path.abspath(site_dir))
+    if not on_sys_path(site_dir):
+        return None
     for entry in sys.path:
-        here = os.path.normcase(os.path.abspath(entry or os.curdir))
-        if here == target:
+        if _same_dir(entry, site_dir):
             return None
         spec = PathFinder.find_spec("sitecustomize", [entry or os.curdir])
         if spec is not None:

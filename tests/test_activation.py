@@ -9,12 +9,17 @@ import sys
 import textwrap
 
 import pytest
-from conftest import TESTS, clean_env, run_py
+from conftest import TESTS, clean_env, record_cases, run_py
 
 import npu_compat
 
 OURS = {"_assert_nonneg_and_invalidate": "ours", "_gather_spec_extras": "ours"}
 FORCED = {"NPU_COMPAT_DEVICE": "npu"}  # spawned children cannot share a simulated device module
+
+
+def _overlap_states(r):
+    # The fixture tree holds only overlap_utils: other records stay pending.
+    return {v for k, v in r["states"].items() if k.startswith("overlap-")}
 
 
 def test_spawn_and_forkserver_workers_of_a_main_guarded_launcher(tree, tmp_path):
@@ -51,7 +56,7 @@ def test_spawn_and_forkserver_workers_of_a_main_guarded_launcher(tree, tmp_path)
         assert len(r[method]) == 2
         for worker in r[method]:
             assert worker["helpers"] == OURS, (method, worker)
-            assert set(worker["states"].values()) == {"applied"}
+            assert _overlap_states(worker) == {"applied"}
     assert {w["route"] for w in r["spawn"] + r["forkserver"]} == {"inherited"}
     assert {w["route"] for w in r["fork"]} == {"import"}  # the launcher's own state, inherited by fork
 
@@ -82,7 +87,7 @@ report.emit(ok=True)
     assert len(ranks) == 4 and len({x["pid"] for x in ranks}) == 4
     for rank in ranks:
         assert rank["helpers"] == OURS
-        assert set(rank["states"].values()) == {"applied"}
+        assert _overlap_states(rank) == {"applied"}
 
 
 PROBE = "from support import workers, report; report.emit(**workers.probe())"
@@ -202,13 +207,50 @@ def test_bootstrap_chains_to_the_images_own_sitecustomize_once_after_activation(
 
 def test_bootstrap_in_an_interpreter_without_npu_compat_is_harmless(tmp_path):
     # A foreign interpreter that inherits PYTHONPATH (e.g. a system python) must start normally.
-    env = clean_env(PYTHONPATH=npu_compat.BOOTSTRAP_DIR)
+    # -S keeps this venv's site-packages (and its editable npu_compat) away and the
+    # temporary working directory keeps the checkout away: the child really has no npu_compat.
+    env = clean_env(PYTHONPATH=npu_compat.BOOTSTRAP_DIR, PYTHONDONTWRITEBYTECODE="1")
     proc = subprocess.run(
-        [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import sitecustomize; print('ok')",
+        [sys.executable, "-S", "-c",
+         "import importlib.util, sys; assert importlib.util.find_spec('npu_compat') is None, 'npu_compat importable';"
+         "sys.path.insert(0, sys.argv[1]); import sitecustomize; print('ok', 'npu_compat' in sys.modules)",
          npu_compat.BOOTSTRAP_DIR],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path,
     )  # fmt: skip
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert proc.returncode == 0 and proc.stdout.split() == ["ok", "False"], proc.stderr
+    assert proc.stderr == ""
+    record_cases(FOREIGN_CASES, 1)
+
+
+PYENV = "/root/.pyenv/versions"
+FOREIGN_CASES = "bootstrap: interpreters without npu_compat start silently, own sitecustomize kept"
+FOREIGN = [os.path.join(PYENV, v, "bin", "python") for v in ("2.7.18", "3.10.13")]
+
+
+@pytest.mark.parametrize("python", FOREIGN, ids=lambda p: p.split(os.sep)[-3])
+def test_a_foreign_interpreter_inheriting_the_bootstrap_starts_clean_and_keeps_its_own_sitecustomize(tmp_path, python):
+    # Python 2.7 used to print "'import sitecustomize' failed" (the bootstrap did
+    # not parse there) and lost its own sitecustomize.
+    if not os.path.exists(python):
+        pytest.skip(f"{python} is not installed")
+    user = tmp_path / "user"
+    user.mkdir()
+    marks = tmp_path / "marks"
+    (user / "sitecustomize.py").write_text(f"IMAGE_MARK = 'kept'\nopen({str(marks)!r}, 'a').write('ran\\n')\n")
+    env = clean_env(PYTHONPATH=os.pathsep.join([npu_compat.BOOTSTRAP_DIR, str(user)]), PYTHONDONTWRITEBYTECODE="1")
+    code = (
+        "import sys, sitecustomize; "
+        "sys.stdout.write('%s %s\\n' % (getattr(sitecustomize, 'IMAGE_MARK', None), 'npu_compat' in sys.modules))"
+    )
+    proc = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert proc.stdout.split() == ["kept", "False"]
+    assert marks.read_text() == "ran\n"  # once
+    (user / "sitecustomize.py").unlink()  # and with no sitecustomize of its own: still silent
+    proc = subprocess.run([python, "-c", "print(1)"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (0, "1", "")
+    record_cases(FOREIGN_CASES, 1)
 
 
 def test_plugin_entry_point_as_sglangs_loader_calls_it(tree):
@@ -251,3 +293,48 @@ report.emit(helpers=report.describe(m))
         env={**FORCED, "NPU_COMPAT_DISABLE": "1"},
     )
     assert r["helpers"] == {"_assert_nonneg_and_invalidate": "compiled", "_gather_spec_extras": "compiled"}
+
+
+def test_patch_names_in_npu_compat_disable_are_case_insensitive(tree):
+    # The README says values are case-insensitive: an upper-case name must
+    # disable its patch, not warn "no known patch" and apply it.
+    proc, r = run_py(
+        """
+import npu_compat
+import sglang.srt.managers.overlap_utils as m
+from support import report
+report.emit(helpers=report.describe(m), states=report.states())
+""",
+        tree=tree("prefix"),
+        env={**FORCED, "NPU_COMPAT_DISABLE": " OVERLAP-Gather-Spec-Extras ,Overlap-Assert-NONNEG"},
+    )
+    assert r["helpers"] == {"_assert_nonneg_and_invalidate": "compiled", "_gather_spec_extras": "compiled"}
+    assert _overlap_states(r) == {"disabled"}
+    assert "no known patch" not in proc.stderr, proc.stderr
+    record_cases("settings: NPU_COMPAT_DISABLE patch names in any case", 1)
+
+
+def test_disable_names_fold_case_but_an_exact_spelling_wins(monkeypatch):
+    from npu_compat import _env
+
+    known = {"overlap-x", "m:Func", "m:func"}
+    monkeypatch.setenv("NPU_COMPAT_DISABLE", "OVERLAP-X, m:Func")
+    assert _env.disabled(known) == (False, frozenset({"overlap-x", "m:Func"}))
+    monkeypatch.setenv("NPU_COMPAT_DISABLE", "M:FUNC")  # no exact spelling: both spellings match
+    assert _env.disabled(known) == (False, frozenset({"m:Func", "m:func"}))
+
+
+@pytest.mark.parametrize("flag", ["-I", "-E", "-S"])
+def test_children_started_with_I_E_or_S_are_not_activated(tmp_path, flag):
+    # Documented limitation: -I and -E ignore PYTHONPATH (where the bootstrap
+    # is), -S skips sitecustomize altogether. The control run shows the same
+    # child without the flag is activated.
+    env = clean_env(PYTHONPATH=npu_compat.BOOTSTRAP_DIR)
+    code = "import sys; m = sys.modules.get('npu_compat'); print(bool(m and m.is_active()))"
+    runs = {
+        f: subprocess.run([sys.executable, *f, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        for f in ((), (flag,))
+    }
+    assert runs[()].stdout.strip() == "True", runs[()].stderr
+    assert runs[(flag,)].stdout.strip() == "False", runs[(flag,)].stderr
+    record_cases("bootstrap: children started with -I, -E or -S are not activated", 1)

@@ -223,3 +223,154 @@ def test_default_site_dir_is_this_interpreters_purelib():
 def test_bootstrap_dir_holds_only_the_packages_own_file():
     names = sorted(n for n in os.listdir(npu_compat.BOOTSTRAP_DIR) if n != "__pycache__")
     assert names == ["sitecustomize.py"]
+
+
+PAUSED_INSTALL = """
+import os, sys, time
+from npu_compat import sitedir
+site, ready, go = sys.argv[1:4]
+real_fsync = os.fsync
+def fsync(fd):
+    open(ready, "w").close()  # the temporary file is written: let the other install run now
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    real_fsync(fd)
+sitedir.os.fsync = fsync
+try:
+    sitedir.install(site)
+except sitedir.Refused as exc:
+    print("refused:", exc)
+    sys.exit(1)
+"""
+
+
+def test_a_concurrent_install_never_deletes_the_others_temporary_file(site, tmp_path):
+    # The second install used to take the first one's temporary file for a
+    # stale one and delete it mid-write: the first then failed.
+    (site / "sitecustomize.py").write_bytes(PREVIOUS)
+    mode = stat.S_IMODE(os.stat(site / "sitecustomize.py").st_mode)
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    first = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_INSTALL, str(site), str(ready), str(go)],
+        env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for _ in range(3000):
+            if ready.exists() or first.poll() is not None:
+                break
+            import time
+
+            time.sleep(0.02)
+        assert ready.exists(), first.communicate()
+        temporaries = [n for n in os.listdir(site) if n.startswith(".npu-compat-")]
+        assert len(temporaries) == 1
+        second = cli("install", "--site-dir", str(site))  # meanwhile
+        assert second.returncode == 0, second.stderr
+        assert (site / temporaries[0]).exists()  # the first one's file is still there
+    finally:
+        go.touch()
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, out + err
+    assert (site / "sitecustomize.py").read_bytes() == sitedir.render(PREVIOUS, mode).encode()
+    assert [n for n in os.listdir(site) if n.startswith(".npu-compat-")] == []
+    cli("uninstall", "--site-dir", str(site))
+    assert (site / "sitecustomize.py").read_bytes() == PREVIOUS
+    record_cases("site dir: concurrent installs, neither loses its temporary file", 1)
+
+
+def _compile_unchecked(path):
+    import importlib.util
+    import py_compile
+
+    py_compile.compile(
+        str(path), cfile=importlib.util.cache_from_source(str(path)), doraise=True,
+        invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+    )  # fmt: skip
+
+
+CHECK = "import sys; m = sys.modules.get('npu_compat'); print(bool(getattr(m, 'is_active', bool)()), getattr(sys.modules.get('sitecustomize'), 'IMAGE_MARK', None))"
+
+
+def test_a_stale_unchecked_hash_cache_does_not_outlive_install_or_uninstall(site):
+    # Python never compares an unchecked-hash .pyc with its source: left in
+    # __pycache__, it kept running the previous file after install, and
+    # npu-compat's after uninstall.
+    (site / "sitecustomize.py").write_bytes(PREVIOUS)
+    _compile_unchecked(site / "sitecustomize.py")
+    assert python_in(site, CHECK).stdout.split()[-2:] == ["False", "kept"]  # the cache is in use
+    assert cli("install", "--site-dir", str(site)).returncode == 0
+    assert python_in(site, CHECK).stdout.splitlines() == ["image sitecustomize ran", "True kept"]
+    _compile_unchecked(site / "sitecustomize.py")  # now a cache of npu-compat's file
+    assert cli("uninstall", "--site-dir", str(site)).returncode == 0
+    assert python_in(site, CHECK).stdout.splitlines() == ["image sitecustomize ran", "False kept"]
+    assert (site / "sitecustomize.py").read_bytes() == PREVIOUS
+    record_cases("site dir: a stale unchecked-hash cache outlives neither install nor uninstall", 2)
+
+
+def test_install_warns_when_the_site_dir_is_not_on_sys_path(site):
+    r = cli("install", "--site-dir", str(site))  # a temporary directory: on no sys.path
+    assert r.returncode == 0
+    warnings = [line for line in r.stderr.splitlines() if "not on sys.path" in line]
+    assert len(warnings) == 1 and str(site) in warnings[0], r.stderr
+    cli("uninstall", "--site-dir", str(site))
+    on_path = subprocess.run(
+        [sys.executable, "-m", "npu_compat", "install", "--site-dir", str(site)],
+        env=clean_env(PYTHONPATH=str(site)), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert on_path.returncode == 0 and on_path.stderr == ""
+    record_cases("site dir: one warning exactly when --site-dir is not on sys.path", 2)
+
+
+def _venv_with_npu_compat(tmp_path):
+    """A fresh venv with a copy of npu_compat in its site-packages, as pip would put it: (python, purelib)."""
+    import shutil
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, env=clean_env(),
+    ).stdout.strip()  # fmt: skip
+    shutil.copytree(os.path.dirname(npu_compat.__file__), os.path.join(purelib, "npu_compat"),
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    return python, purelib
+
+
+def test_the_installed_file_runs_under_I_and_E_but_not_S(tmp_path):
+    # -I and -E ignore the environment, not site-packages: the install route
+    # still activates; -S skips sitecustomize altogether (documented).
+    python, _ = _venv_with_npu_compat(tmp_path)
+    env = clean_env(PYTHONDONTWRITEBYTECODE="1")
+    assert subprocess.run([python, "-m", "npu_compat", "install"], env=env, capture_output=True, cwd=tmp_path).returncode == 0
+    code = "import sys; m = sys.modules.get('npu_compat'); print(m.route() if m else None)"
+    got = {
+        flag: subprocess.run([python, *flag, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path).stdout.strip()
+        for flag in ((), ("-I",), ("-E",), ("-S",))
+    }
+    assert got == {(): "sitecustomize", ("-I",): "sitecustomize", ("-E",): "sitecustomize", ("-S",): "None"}
+    record_cases("site dir: the installed file under -I, -E, -S", 3)
+
+
+@pytest.mark.parametrize("leftover", ["nothing", "an empty package directory"])
+def test_pip_uninstall_before_npu_compat_uninstall_leaves_a_harmless_file(tmp_path, leftover):
+    # An environment where npu_compat was pip-installed, `npu-compat install`
+    # ran, then `pip uninstall npu-compat` removed the package but not the
+    # sitecustomize.py it never listed: every start must stay silent and the
+    # image's own sitecustomize must still run.
+    import shutil
+
+    python, purelib = _venv_with_npu_compat(tmp_path)
+    with open(os.path.join(purelib, "sitecustomize.py"), "wb") as f:
+        f.write(PREVIOUS)
+    env = clean_env(PYTHONDONTWRITEBYTECODE="1")
+    r = subprocess.run([python, "-m", "npu_compat", "install"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    shutil.rmtree(os.path.join(purelib, "npu_compat"))  # what pip uninstall does
+    if leftover != "nothing":
+        os.makedirs(os.path.join(purelib, "npu_compat", "bootstrap"))
+    r = subprocess.run([python, "-c", CHECK], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.splitlines() == ["image sitecustomize ran", "False kept"]
+    record_cases("site dir: left behind by pip uninstall, silent and still chaining", 1)
