@@ -165,7 +165,7 @@ class Interceptor:
         def compile(model=None, **kwargs):  # noqa: A001 - the name torch.compile has
             frame = sys._getframe(1)
             caller = frame.f_globals.get("__name__") or ""
-            if caller.partition(".")[0] not in watched or kwargs.get("disable"):
+            if caller.partition(".")[0] not in watched:
                 return original(model, **kwargs)
             where = f"{caller}:{frame.f_code.co_name}:{frame.f_lineno}"
             backend = _backend_name(kwargs.get("backend"))
@@ -175,6 +175,9 @@ class Interceptor:
 
             def one(fn):
                 mod, qual = _name_of(fn)
+                if kwargs.get("disable"):  # upstream's own guard (disable=_is_npu)
+                    audit.add(Entry(f"{mod}.{qual}", where, backend, True, "upstream: disable=", fn, "at definition"))
+                    return original(fn, **kwargs)
                 why = decide(mod, qual, caller, in_fn)
                 audit.add(Entry(f"{mod}.{qual}", where, backend, why is not None, why, fn, "at definition"))
                 if why is not None:
