@@ -21,6 +21,10 @@ Figures (medians over runs after a warm-up; min and max beside them):
   call     per call: the installed helpers vs plain eager functions with the
            same body, 100k calls each (--quick: 2k) on CPU tensors of serving
            sizes.  Goal: <= 1.02.
+  scan     `npu-compat scan` of the sglang 0.5.23 tree, in process, median of
+           5 (the tree: $NPU_COMPAT_SGLANG_TREE, else <venv of
+           $NPU_COMPAT_SGLANG_PYTHON>/sglang-0.5.23/sglang, else
+           .venv-sglang/sglang-0.5.23/sglang; skipped when absent).  Goal: < 2 s.
 
 Timing uses time.perf_counter_ns only; whole-process figures use subprocess.
 Shared machines are noisy: read the ratios, and rerun before trusting a
@@ -332,6 +336,29 @@ def bench_call(quick):
     return results
 
 
+def bench_scan(quick):
+    """Median of 5 scans of sglang 0.5.23, with the files read, parsed and skipped."""
+    tree = os.environ.get("NPU_COMPAT_SGLANG_TREE")
+    if not tree and os.environ.get("NPU_COMPAT_SGLANG_PYTHON"):
+        venv = os.path.dirname(os.path.dirname(os.environ["NPU_COMPAT_SGLANG_PYTHON"]))
+        tree = os.path.join(venv, "sglang-0.5.23", "sglang")
+    tree = tree or os.path.join(ROOT, ".venv-sglang", "sglang-0.5.23", "sglang")
+    if not os.path.isdir(tree):
+        return {f"skipped: no sglang 0.5.23 tree at {tree}": {"ms": 0.0}}
+    sys.path.insert(0, ROOT)
+    from npu_compat.scan import scan
+
+    samples, report = [], None
+    for _ in range(5):
+        t = time.perf_counter_ns()
+        report = scan([tree], patches=())
+        samples.append(time.perf_counter_ns() - t)
+    s = report.summary()
+    name = (f"scan sglang 0.5.23: {s['files_read']} files read, {s['files_parsed']} parsed, "
+            f"{s['files_skipped']} skipped; {s['sites']} sites")
+    return {name: dict(_stats(samples), files=s, counts=report.counts())}
+
+
 def _print_table(title, rows):
     print(f"\n== {title}")
     for name, s in rows.items():
@@ -354,7 +381,7 @@ def main(argv=None):
     p.add_argument("--json", default="bench-results.json", help="where to write the figures (default: %(default)s)")
     p.add_argument(
         "--only",
-        default="startup,torch,instructions,patch,call",
+        default="startup,torch,instructions,patch,call,scan",
         help="comma-separated subset (instructions needs valgrind; skipped without it)",
     )
     p.add_argument("--anchor", action="append", default=[], metavar="NAME=CMD", help="another command to time at startup")
@@ -370,6 +397,7 @@ def main(argv=None):
         "instructions": lambda: bench_instructions(args.quick, venv),
         "patch": lambda: bench_patch(args.quick),
         "call": lambda: bench_call(args.quick),
+        "scan": lambda: bench_scan(args.quick),
     }
     unknown = [w for w in wanted if w not in runners]
     if unknown:

@@ -1,0 +1,101 @@
+"""``npu-compat scan``: the command line (argument parsing, output, exit status)."""
+
+import argparse
+import json
+import os
+import sys
+
+from npu_compat._cli_util import OneLineParser, one_line
+
+from .diff import Diff, load_side
+from .engine import scan
+from .files import ScanError
+from .render import report_table, diff_table
+from .verdicts import FAIL_POLICIES, MEANING, VERDICTS
+
+PROG = "npu-compat scan"
+
+_EPILOG = "verdicts:\n" + "".join(f"  {v:<11} {MEANING[v]}\n" for v in VERDICTS) + """
+--fail-on (each includes the ones before it; sites a default npu_compat
+patch covers never fail, opt-in coverage does not exempt a site):
+  unguarded    exit 1 on an unguarded site
+  npu-backend  ... or an npu-backend site
+  unknown      ... or an unknown site, or a file that could not be read or parsed
+  never        always exit 0 (the default)
+With --diff, --fail-on applies only to what NEW adds or changes.
+
+exit status: 0 fine, 1 --fail-on found something, 2 bad usage, a missing
+PATH, a package that is not installed, or an OLD/NEW that is not a report.
+"""
+
+
+def _parser():
+    p = OneLineParser(
+        prog=PROG,
+        description=(
+            "Statically list every torch.compile site (files are parsed, never imported)\n"
+            "and say whether NPU compiles it.  Default: --package sglang."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files or directories to scan (recursing into *.py)")
+    p.add_argument(
+        "--package", action="append", metavar="NAME",
+        help="scan an installed package, located on sys.path without importing it (repeatable)",
+    )
+    p.add_argument(
+        "--diff", nargs=2, metavar=("OLD", "NEW"),
+        help="compare two trees, installed versions' directories, or saved --json reports",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--fail-on", choices=FAIL_POLICIES, default="never",
+        help="exit 1 when uncovered sites of this kind exist (see below); default: never",
+    )
+    p.add_argument(
+        "--parse-all", action="store_true",
+        help="parse every file, also those that cannot hold a site (slower; same sites and verdicts)",
+    )
+    return p
+
+
+def main(argv=None):
+    """Entry point of ``npu-compat scan``; returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help or a usage error; argparse already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.diff and (args.paths or args.package):
+        parser.error("--diff takes its two sides itself; give no PATH or --package with it")
+    try:
+        if args.diff:
+            old, new = (load_side(a, scan, parse_all=args.parse_all) for a in args.diff)
+            result = Diff(old, new, *args.diff)
+            out = json.dumps(result.to_dict(), indent=2) if args.json else diff_table(result)
+            registry_error = new.registry_error
+        else:
+            packages = args.package if args.package else ([] if args.paths else ["sglang"])
+            result = scan(args.paths, packages=packages, parse_all=args.parse_all)
+            out = json.dumps(result.to_dict(), indent=2) if args.json else report_table(result)
+            registry_error = result.registry_error
+    except ScanError as exc:
+        print(f"{PROG}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if registry_error:
+        print(f"{PROG}: warning: patch registry unavailable ({one_line(registry_error)})", file=sys.stderr)
+    try:
+        print(out)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `npu-compat scan | head`: the reader left; do not let the exit flush raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return result.exit_code(args.fail_on)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+from pkg.utils.common import *  # noqa: F401,F403
