@@ -196,7 +196,7 @@ def _decide_calls(rec, stored, current):
 
 
 def _decide_guard(rec, holder, attr, stored, current, kind, swaps):
-    if rec.scope == "calls":
+    if rec.scope == "calls" or (rec.scope == "auto" and kind == _wrappers.PLAIN):
         return _decide_calls(rec, stored, current)
     if kind == _wrappers.PLAIN:
         return Outcome(UPSTREAM_FIXED, f"{rec.qualname} is not compiled on NPU here (a plain function)", stored)

@@ -109,16 +109,18 @@ def records():
         return recs
     base = registry.all_patches()
     setting = audit.eager_setting()
-    extra = []
-    taken = {(r.module, r.qualname) for r in base}
+    extra, named = [], set()
+    taken = {(r.module, r.qualname): r.name for r in base}
     for mod, qual in sorted(setting.sites):
         if (mod, qual) in taken:
+            named.add(taken[(mod, qual)])  # an opt-in record named by its site
             continue
         extra.append(
             registry.Guard(
                 name=f"eager:{mod}:{qual}".lower(),
                 module=mod,
                 qualname=qual,
+                scope="auto",
                 why="named by NPU_COMPAT_EAGER",
                 evidence="the user's setting",
                 versions="any",
@@ -128,10 +130,12 @@ def records():
         )
     with _light.lock:
         if _state.records is None:
-            _state.setting = setting
+            _state.setting = audit.Setting(setting.everything, setting.names | named, setting.sites)
             _state.records = base + tuple(extra)
             _state.call_guards = {
-                (r.module, r.qualname): r.name for r in _state.records if getattr(r, "scope", "site") == "calls"
+                (r.module, r.qualname): r.name
+                for r in _state.records
+                if getattr(r, "scope", "site") in ("calls", "auto")
             }
         return _state.records
 

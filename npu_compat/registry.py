@@ -126,7 +126,8 @@ class Guard(_Record):
         "versions",  # the sglang releases where the site is compiled on NPU
         "default",  # True: applied on NPU unless disabled; False: only when NPU_COMPAT_EAGER names it
         # "site": qualname is the compiled function; "calls": qualname is a function whose body
-        # calls torch.compile at run time (per instance, say): those compilations run eagerly
+        # calls torch.compile at run time (per instance, say): those compilations run eagerly;
+        # "auto" (NPU_COMPAT_EAGER's sites): whichever of the two the object turns out to be
         "scope",
     )
     _TEXT = ("name", "module", "qualname", "why", "evidence", "versions", "upstream", "remove_when")
@@ -153,8 +154,8 @@ class Guard(_Record):
             return problem
         if not isinstance(self.default, bool):
             return "default must be True or False"
-        if self.scope not in ("site", "calls"):
-            return "scope must be 'site' or 'calls'"
+        if self.scope not in ("site", "calls", "auto"):
+            return "scope must be 'site', 'calls' or 'auto'"
         return ""
 
 

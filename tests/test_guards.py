@@ -262,3 +262,23 @@ def test_eager_setting_understood_or_one_warning(value, warned):
     finally:
         log.removeHandler(h)
     assert len(records) == (1 if warned else 0), records
+
+
+def test_a_named_function_that_compiles_at_call_time(tmp_path):
+    # NPU_COMPAT_EAGER=module:function, where the function's body calls torch.compile
+    _, r = run_py(
+        NPU + """
+import npu_compat, torch
+import sglang.srt.layers.rope as rope_mod
+from npu_compat import _wrappers
+from support import report
+made = rope_mod.late(rope_mod.user_fn)
+other = torch.compile(rope_mod.user_fn)  # not inside the named function: compiled as usual
+report.emit(made=_wrappers.kind(made), other=_wrappers.kind(other), states=report.all_states(),
+            rope=_wrappers.kind(rope_mod.rope))
+""",
+        tree=make_tree(tmp_path),
+        env={"NPU_COMPAT_EAGER": "sglang.srt.layers.rope:late"},
+    )
+    assert r["made"] == "plain" and r["other"] == "compiled" and r["rope"] == "compiled"
+    assert r["states"]["eager:sglang.srt.layers.rope:late"] == "applied"
