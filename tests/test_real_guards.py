@@ -88,6 +88,19 @@ def run_version(version, code, env=None, timeout=600):
     raise AssertionError(f"child reported nothing (rc={proc.returncode})\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
 
 
+SNAP = """
+def snap():
+    out = {}
+    for name, m in list(sys.modules.items()):
+        if m is None or not name.startswith("sglang"):
+            continue
+        out[name] = {k: id(v) for k, v in m.__dict__.items()}
+        for v in list(m.__dict__.values()):
+            if isinstance(v, type) and v.__dict__.get("__module__") == name:
+                out[name + ":" + v.__qualname__] = {k: id(x) for k, x in v.__dict__.items()}
+    return out
+"""
+
 EMIT = """
 import sglang
 from support import report
@@ -103,8 +116,13 @@ def test_registry_guards_on_simulated_npu(version, route):
     if route == "import-first":
         code = SIMULATE + "import npu_compat\n" + LOAD
     else:  # sglang's plugin loader runs after the scheduler imported its modules
-        code = SIMULATE + LOAD + "from npu_compat import plugin\nplugin.load()\n"
-    _, r = run_version(version, code + PROBE + EMIT)
+        code = SIMULATE + LOAD + SNAP + "before = snap()\nfrom npu_compat import plugin\nplugin.load()\n"
+    emit = EMIT
+    if route == "plugin-late":  # deactivate() puts every binding back
+        emit = EMIT.replace("report.emit(", "npu_compat.deactivate()\nreport.emit(restored=snap() == before, ")
+    _, r = run_version(version, code + PROBE + emit)
+    if route == "plugin-late":
+        assert r["restored"] is True
     assert r["version"] == version
     assert r["n"] > 500
     assert r["states"]["rotary-apply-native"] == "applied"
