@@ -1,23 +1,93 @@
 """Logging without paying for ``import logging`` until something is said.
 
 ``import npu_compat`` runs in every process of an NPU image; most never log.
+
+``NPU_COMPAT_LOG_LEVEL`` (``debug``, ``info``, ``warning``, ``error``) makes
+npu_compat's own lines visible on stderr in a process whose host never
+configured logging: a handler on the ``npu_compat`` logger only, set up the
+first time something is said.  The records still propagate, so a host that
+collects logs keeps getting them.
 """
 
+import os
 import sys
 
 LOGGER_NAME = "npu_compat"
+LEVEL_VAR = "NPU_COMPAT_LOG_LEVEL"
+# Numbers as the logging module defines them (not imported for this).
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "warn": 30, "error": 40}
+FORMAT = "npu_compat %(levelname)s [pid %(process)d] %(message)s"
 _said = set()
+_setup_done = False
+
+
+def requested_level():
+    """(level number or 0 when unset, raw value when it is not understood or '')."""
+    raw = os.environ.get(LEVEL_VAR, "")
+    value = raw.strip().lower()
+    if not value:
+        return 0, ""
+    level = LEVELS.get(value)
+    return (level, "") if level else (0, raw)
+
+
+def _setup(logging, logger):
+    # Once per process.  A handler of ours already on the logger (a reloaded
+    # module, a second interpreter state) is reused, never doubled.
+    global _setup_done
+    _setup_done = True
+    level, bad = requested_level()
+    if bad:
+        warning_once(
+            (LEVEL_VAR, bad),
+            "%s=%s is not understood (use debug, info, warning or error); ignoring it",
+            LEVEL_VAR,
+            short(bad),
+        )
+        return
+    if not level:
+        return
+    logger.setLevel(level)
+    for handler in logger.handlers:
+        if getattr(handler, "npu_compat_stderr", False):
+            handler.setLevel(level)
+            return
+
+    class _Stderr(logging.StreamHandler):
+        """Writes to whatever sys.stderr is at the time, as logging.lastResort does."""
+
+        npu_compat_stderr = True
+
+        def __init__(self):
+            logging.Handler.__init__(self, level)
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+    class _Formatter(logging.Formatter):
+        def formatMessage(self, record):
+            # Most messages already start with the package's name; say it once.
+            return super().formatMessage(record).replace("] npu_compat: ", "] ", 1)
+
+    handler = _Stderr()
+    handler.setFormatter(_Formatter(FORMAT))
+    logger.addHandler(handler)
 
 
 def _logger():
     import logging
 
-    return logging.getLogger(LOGGER_NAME)
+    logger = logging.getLogger(LOGGER_NAME)
+    if not _setup_done:
+        _setup(logging, logger)
+    return logger
 
 
 def debug(msg, *args):
-    # Skip even the logging import when nobody could be listening.
-    if "logging" in sys.modules:
+    # Skip even the logging import when nobody could be listening: neither
+    # the host (logging not imported) nor NPU_COMPAT_LOG_LEVEL asked.
+    if _setup_done or "logging" in sys.modules or os.environ.get(LEVEL_VAR):
         _logger().debug(msg, *args)
 
 
