@@ -7,6 +7,7 @@ environment's setuptools: the ``package`` nox leg installs the floor, 77).
 import email
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,8 +25,13 @@ PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
+    # Build from a copy: two xdist workers building in the checkout race on its egg-info.
+    src = tmp_path_factory.mktemp("src") / "npu-compat"
+    shutil.copytree(
+        ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", ".nox", "build", "*.egg-info", "__pycache__", "dist")
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), ROOT],
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)],
         capture_output=True,
         text=True,
         timeout=600,
