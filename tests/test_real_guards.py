@@ -165,19 +165,9 @@ report.emit(all_left=compiled_bindings(), made=_wrappers.kind(made), res=made(to
 @needs_sglang
 @pytest.mark.parametrize("version", VERSIONS)
 def test_off_npu_every_attribute_of_every_loaded_sglang_module_is_identical(version):
-    code = LOAD + """
+    code = LOAD + SNAP + """
 import torch
 tc = torch.compile
-def snap():
-    out = {}
-    for name, m in list(sys.modules.items()):
-        if m is None or not name.startswith("sglang"):
-            continue
-        out[name] = {k: id(v) for k, v in m.__dict__.items()}
-        for v in list(m.__dict__.values()):
-            if isinstance(v, type) and v.__dict__.get("__module__") == name:
-                out[name + ":" + v.__qualname__] = {k: id(x) for k, x in v.__dict__.items()}
-    return out
 before = snap()
 import npu_compat
 from npu_compat import plugin, core
