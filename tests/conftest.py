@@ -11,6 +11,9 @@ import pytest
 os.environ["NPU_COMPAT_DISABLE"] = "1"
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
+# The checkout under test: the real-sglang venv imports npu_compat from here,
+# whichever checkout (or worktree) its editable install points at.
+ROOT = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)
 
 from fixtures import build, build_light  # noqa: E402

@@ -11,7 +11,7 @@ import os
 import subprocess
 
 import pytest
-from conftest import RESULT, TESTS, clean_env
+from conftest import RESULT, ROOT, TESTS, clean_env
 from test_real_sglang import needs_sglang, sglang_python
 
 VERSIONS = ("0.5.13", "0.5.23")
@@ -79,7 +79,7 @@ same = vars(rv).get("apply_rotary_pos_emb_native") is vars(u)["apply_rotary_pos_
 def run_version(version, code, env=None, timeout=600):
     py = sglang_python()
     venv = os.path.dirname(os.path.dirname(os.path.abspath(py)))
-    path = [TESTS] if version == "0.5.13" else [os.path.join(venv, "sglang-0.5.23"), TESTS]
+    path = [ROOT, TESTS] if version == "0.5.13" else [ROOT, os.path.join(venv, "sglang-0.5.23"), TESTS]
     env = clean_env(PYTHONPATH=os.pathsep.join(path), **(env or {}))
     proc = subprocess.run([py, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     for line in proc.stdout.splitlines():
