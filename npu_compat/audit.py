@@ -1,72 +1,133 @@
-"""On NPU: what the watched package compiles, and the switch that makes it eager.
+"""On NPU: the settings that make sglang's compiles eager, and the record of what it compiled.
 
-* :func:`install` replaces ``torch.compile`` with a thin function that, for a
-  caller inside a watched package (sglang), records the compilation (site,
-  backend, whether npu_compat made it eager) and, when ``NPU_COMPAT_EAGER``
-  asks for it, passes ``disable=True``: upstream's own remedy, also for
-  compilations made at call time inside a function body, which no attribute
-  swap can reach.  Callers outside the watched packages go straight through.
-* Compiled functions that already exist when npu_compat starts watching
-  (late activation: the sglang plugin runs after ~970 modules are loaded)
-  are found by the walk in :mod:`npu_compat.apply` and recorded too.
-* ``NPU_COMPAT_REPORT=PATH``: at exit each process appends one JSON line.
+* :func:`parse_eager` reads ``NPU_COMPAT_EAGER``: ``all`` (every helper sglang
+  compiles, NPU's own graph-mode compiles kept), ``everything``, record
+  names, ``module:qualname`` sites, and ``@PATH`` lists of them (read by
+  :func:`read_lists`, on NPU, once per process).
+* :class:`Entry` / :data:`audit`: one entry per torch.compile site of
+  sglang in this process: what was compiled, where, with which backend,
+  whether NPU runs it eagerly and by what (upstream, a record, a setting,
+  a fallback), and whether it was called.  An entry holds no reference to
+  the compiled object (only its code), so it never keeps a model alive.
+* ``NPU_COMPAT_FALLBACK``: :func:`fallback_enabled`.
 
-Nothing here runs off NPU: the caller (:mod:`npu_compat.core`) installs it
-only after the device is known to be an NPU.
+What happens to a compile is decided in :mod:`npu_compat.intercept`; nothing
+here runs off NPU.
 """
 
 import os
 import sys
-from types import FunctionType
+import weakref
+from types import FunctionType, MethodType
 
 from npu_compat import _log, _wrappers
 
-ALL = "all"
+ALL = "all"  # every helper: NPU's own graph-mode compiles (the model under NPU graph capture) stay
+EVERYTHING = "everything"  # every torch.compile sglang makes, graph mode included
+_ALL_SPELLINGS = ("all", "*", "1", "true", "yes", "on", "helpers")
 
 
 class Setting:
-    """NPU_COMPAT_EAGER, parsed: ``all``, record names, ``module:qualname`` sites."""
+    """NPU_COMPAT_EAGER, parsed: the mode (None, all, everything), record names, sites, list files."""
 
-    def __init__(self, everything=False, names=frozenset(), sites=frozenset()):
-        self.everything, self.names, self.sites = everything, names, sites
+    def __init__(self, mode=None, names=frozenset(), sites=frozenset(), files=()):
+        self.mode, self.names, self.sites, self.files = mode, frozenset(names), frozenset(sites), tuple(files)
+
+    @property
+    def everything(self):  # any "make sglang's compiles eager" mode
+        return self.mode is not None
+
+    def merged(self, other):
+        mode = EVERYTHING if EVERYTHING in (self.mode, other.mode) else (self.mode or other.mode)
+        return Setting(mode, self.names | other.names, self.sites | other.sites, self.files)
 
 
-def parse_eager(raw, known_names, watched):
-    """Parse NPU_COMPAT_EAGER; one WARNING (once per value) for whatever is not understood."""
-    value = raw.strip()
-    if not value or value.lower() in ("default", "registry"):
-        return Setting()
-    if value.lower() in (ALL, "*", "1", "true", "yes", "on"):
-        return Setting(everything=True)
-    names, sites, bad = set(), set(), []
-    for item in (t.strip() for t in value.split(",")):
-        if not item:
-            continue
+def _site(item, watched):
+    mod, sep, qual = item.partition(":")
+    mod, qual = mod.strip(), qual.strip()
+    ok = (
+        sep
+        and mod.partition(".")[0] in watched
+        and all(p.isidentifier() for p in mod.split("."))
+        and all(p.isidentifier() for p in qual.split("."))
+        and qual.count(".") <= 1
+    )
+    return (mod, qual) if ok else None
+
+
+def _items(items, known_names, watched, files_ok=True):
+    """Sort items into (mode, names, sites, files, bad)."""
+    mode, names, sites, files, bad = None, set(), set(), [], []
+    for item in items:
         low = item.lower()
+        if low in ("default", "registry"):
+            continue
+        if low in _ALL_SPELLINGS:
+            mode = mode or ALL
+            continue
+        if low == EVERYTHING:
+            mode = EVERYTHING
+            continue
+        if item.startswith("@") and files_ok:
+            files.append(item[1:].strip())
+            continue
         if low in known_names:
             names.add(low)
             continue
-        mod, sep, qual = item.partition(":")
-        mod, qual = mod.strip(), qual.strip()
-        ok = (
-            sep
-            and mod.partition(".")[0] in watched
-            and all(p.isidentifier() for p in mod.split("."))
-            and all(p.isidentifier() for p in qual.split("."))
-            and qual.count(".") <= 1
-        )
-        if ok:
-            sites.add((mod, qual))
+        site = _site(item, watched)
+        if site is not None:
+            sites.add(site)
         else:
             bad.append(item)
+    return mode, names, sites, files, bad
+
+
+def parse_eager(raw, known_names, watched):
+    """Parse NPU_COMPAT_EAGER (``@PATH`` items are kept as paths, not read); one WARNING for the rest."""
+    items = [t.strip() for t in raw.split(",")]
+    mode, names, sites, files, bad = _items([t for t in items if t], known_names, watched)
     if bad:
         _log.warning_once(
             ("NPU_COMPAT_EAGER", raw),
-            "NPU_COMPAT_EAGER: not understood, ignored: %s (use all, a guard's name, or module:qualname "
-            "inside %s)",
+            "NPU_COMPAT_EAGER: not understood, ignored: %s (use all, everything, a guard's name, "
+            "module:qualname inside %s, or @FILE)",
             ", ".join(_log.short(b) for b in bad), ", ".join(watched),
         )  # fmt: skip
-    return Setting(names=frozenset(names), sites=frozenset(sites))
+    return Setting(mode, names, sites, files)
+
+
+def read_lists(setting, known_names, watched):
+    """``setting`` with the sites and names of its ``@PATH`` files added (one WARNING per bad file)."""
+    out = setting
+    for path in setting.files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                if not os.path.isfile(path):
+                    raise OSError("not a regular file")
+                lines = f.read(1 << 20).splitlines()
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            _log.warning_once(
+                ("NPU_COMPAT_EAGER@", path),
+                "NPU_COMPAT_EAGER: cannot read the list @%s (%s); ignored", _log.short(path), why,
+            )  # fmt: skip
+            continue
+        items, numbers = [], []
+        for n, line in enumerate(lines, 1):
+            text = line.partition("#")[0].strip()
+            if text:
+                items.append(text)
+                numbers.append(n)
+        mode, names, sites, _, bad = _items(items, known_names, watched, files_ok=False)
+        if bad:
+            where = ", ".join(f"line {numbers[items.index(b)]}: {_log.short(b)}" for b in bad[:3])
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            _log.warning_once(
+                ("NPU_COMPAT_EAGER@bad", path),
+                "NPU_COMPAT_EAGER: @%s: not understood, ignored: %s%s", _log.short(path), where, more,
+            )  # fmt: skip
+        out = out.merged(Setting(mode, names, sites))
+    return out
 
 
 def eager_setting():
@@ -76,138 +137,137 @@ def eager_setting():
     return parse_eager(raw, {r.name for r in registry.all_patches()}, WATCHED_PACKAGES)
 
 
+def fallback_enabled():
+    """NPU_COMPAT_FALLBACK: on unless 0/false/no/off; anything else gets one WARNING (and means on)."""
+    raw = os.environ.get("NPU_COMPAT_FALLBACK", "")
+    value = raw.strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value not in ("", "1", "true", "yes", "on"):
+        _log.warning_once(
+            ("NPU_COMPAT_FALLBACK", raw),
+            "NPU_COMPAT_FALLBACK=%s not understood (use 1 or 0); the fallback stays on", _log.short(raw),
+        )  # fmt: skip
+    return True
+
+
 # --- the record of what NPU compiles --------------------------------------------------------
 
 
 class Entry:
-    __slots__ = ("target", "where", "backend", "eager", "why", "fn", "when")
+    """One torch.compile site of sglang in this process, and what became of it."""
 
-    def __init__(self, target, where, backend, eager, why, fn, when):
-        self.target, self.where, self.backend = target, where, backend
-        self.eager, self.why, self.fn, self.when = eager, why, fn, when
+    __slots__ = (
+        "site", "target", "where", "source", "backend", "eager", "eager_by", "why", "kept", "when",
+        "fell_back", "fallback", "codes",
+    )  # fmt: skip
+
+    def __init__(self, site, target, where, backend, source, when, fallback=True):
+        self.site, self.target, self.where, self.backend = site, target, where, backend
+        self.source, self.when = source, when
+        self.eager, self.eager_by, self.why, self.kept = False, None, None, None
+        self.fell_back = None  # {"stage", "type", "message"} once its compile failed
+        self.fallback = fallback
+        self.codes = []  # code objects of what was compiled here (never the functions themselves)
+
+    def seen(self, fn):
+        code = _code_of(fn)
+        if code is not None and all(code is not c for c in self.codes):
+            self.codes.append(code)
+            audit.by_code[id(code)] = (code, self)
+
+    def made_eager(self, by, why):
+        if self.fell_back is None:
+            self.eager, self.eager_by, self.why = True, by, why
 
     def called(self):
-        """Whether dynamo has compiled (so: run) this function: True, False or None (cannot tell)."""
-        if self.eager:
+        """Whether dynamo has compiled (so: run) this site: True, False or None (cannot tell)."""
+        if self.eager and self.eager_by != "fallback":
             return None
-        code = getattr(self.fn, "__code__", None)
         get = getattr(sys.modules.get("torch._dynamo.eval_frame"), "_debug_get_cache_entry_list", None)
-        if code is None or get is None:
+        if not self.codes or get is None:
             return None
         try:
-            return len(get(code)) > 0
+            return any(len(get(code)) > 0 for code in self.codes)
         except Exception:
             return None
 
     def as_dict(self):
         return {
+            "site": self.site,
             "target": self.target,
             "where": self.where,
+            "source": self.source,
             "backend": self.backend,
             "eager": self.eager,
+            "eager_by": self.eager_by,
             "why": self.why,
+            "kept": self.kept,
             "when": self.when,
             "called": self.called(),
+            "fell_back": dict(self.fell_back) if self.fell_back else None,
         }
+
+
+def _code_of(fn):
+    for _ in range(8):
+        t = type(fn)
+        if t in (staticmethod, classmethod):
+            fn = fn.__func__
+        elif t is FunctionType and "__wrapped__" in fn.__dict__:
+            fn = fn.__dict__["__wrapped__"]
+        elif t is MethodType:
+            fn = fn.__func__
+        else:
+            break
+    return fn.__code__ if type(fn) is FunctionType else None
 
 
 class Audit:
     def __init__(self):
-        self.entries = []
-        self._seen = set()
-        self.made_eager = {}  # id(fn) -> fn: compilations npu_compat turned eager at definition
+        self.entries = {}  # (target, where) -> Entry, in order of first sight
+        self.by_code = {}  # id(code) -> (code, Entry)
+        self.made_eager = weakref.WeakValueDictionary()  # id(fn) -> fn made eager at definition
 
-    def add(self, entry):
-        key = (entry.target, entry.where, id(entry.fn))
-        if key in self._seen:
-            return
-        self._seen.add(key)
-        self.entries.append(entry)
+    def entry(self, site, target, where, backend, source, when, fallback=True):
+        key = (target, where)
+        e = self.entries.get(key)
+        if e is None:
+            e = self.entries[key] = Entry(site, target, where, backend, source, when, fallback)
+        return e
+
+    def of(self, fn):
+        """The entry of a compiled site by its function (its code), or None."""
+        code = _code_of(fn)
+        hit = self.by_code.get(id(code)) if code is not None else None
+        return hit[1] if hit is not None and hit[0] is code else None
 
     def clear(self):
         self.entries.clear()
-        self._seen.clear()
+        self.by_code.clear()
         self.made_eager.clear()
 
 
 audit = Audit()
 
 
-def _name_of(fn):
-    """(module, qualname) of what is compiled: a function's own, or an object's class's."""
-    if type(fn) is FunctionType:
-        return fn.__module__ or "?", fn.__qualname__
-    return type(fn).__module__, type(fn).__qualname__
-
-
-def _backend_name(backend):
-    if backend is None:
-        return "inductor"
-    if isinstance(backend, str):
-        return backend
-    name = getattr(backend, "__name__", None)
-    return name if isinstance(name, str) else type(backend).__qualname__
-
-
-class Interceptor:
-    """The replacement of ``torch.compile`` while npu_compat is active on NPU."""
-
-    def __init__(self, torch, watched, decide):
-        self.torch = torch
-        self.original = torch.compile
-        self.watched = frozenset(watched)
-        self.decide = decide  # (module, qualname, caller module, caller function) -> why eager, or None
-        self.installed = None
-
-    def install(self):
-        original, watched, decide = self.original, self.watched, self.decide
-
-        def compile(model=None, **kwargs):  # noqa: A001 - the name torch.compile has
-            frame = sys._getframe(1)
-            caller = frame.f_globals.get("__name__") or ""
-            if caller.partition(".")[0] not in watched:
-                return original(model, **kwargs)
-            where = f"{caller}:{frame.f_code.co_name}:{frame.f_lineno}"
-            backend = _backend_name(kwargs.get("backend"))
-
-            code = frame.f_code
-            in_fn = getattr(code, "co_qualname", code.co_name)  # Class.method from Python 3.11
-
-            def one(fn):
-                mod, qual = _name_of(fn)
-                if kwargs.get("disable"):  # upstream's own guard (disable=_is_npu)
-                    audit.add(Entry(f"{mod}.{qual}", where, backend, True, "upstream: disable=", fn, "at definition"))
-                    return original(fn, **kwargs)
-                why = decide(mod, qual, caller, in_fn)
-                audit.add(Entry(f"{mod}.{qual}", where, backend, why is not None, why, fn, "at definition"))
-                if why is not None:
-                    audit.made_eager[id(fn)] = fn
-                    return original(fn, **dict(kwargs, disable=True))
-                return original(fn, **kwargs)
-
-            if model is not None:
-                return one(model)
-            return one  # @torch.compile(...): the decorator receives the function
-
-        compile.__wrapped__ = original
-        compile._npu_compat = True
-        self.torch.compile = compile
-        self.installed = compile
-
-    def uninstall(self):
-        if self.installed is not None and self.torch.__dict__.get("compile") is self.installed:
-            self.torch.compile = self.original
-        self.installed = None
-
-
-def existing(holder, attr, fn, why):
-    """Record a compiled function found already made (before npu_compat watched)."""
+def existing(holder, attr, fn, why, by=None, fallback=True):
+    """The entry of a compiled function found already made (before npu_compat watched)."""
     eager = _wrappers.eager_of(fn)
-    mod, qual = _name_of(eager) if eager is not None else ("?", attr)
-    where = f"{getattr(holder, '__module__', None) if isinstance(holder, type) else holder.__name__}"
-    where = f"{where}:{holder.__qualname__ + '.' if isinstance(holder, type) else ''}{attr}"
-    audit.add(Entry(f"{mod}.{qual}", where, "unknown (compiled before npu_compat watched)", why is not None, why,
-                    eager if why is not None else fn, "found loaded"))  # fmt: skip
+    mod, qual = (eager.__module__ or "?", eager.__qualname__) if type(eager) is FunctionType else ("?", attr)
+    owner = holder.__dict__.get("__module__") if isinstance(holder, type) else holder.__name__
+    where = f"{owner}:{holder.__qualname__ + '.' if isinstance(holder, type) else ''}{attr}"
+    site = f"{mod}:{qual}" if "<" not in qual else where
+    from npu_compat import intercept
+
+    e = audit.of(eager) if eager is not None else None
+    if e is None:
+        backend = "unknown (compiled before npu_compat watched)"
+        e = audit.entry(site, f"{mod}.{qual}", where, backend, intercept.source_of(eager), "found loaded", fallback)
+        e.seen(eager)
+    if why is not None:
+        e.made_eager(by or "setting", why)
+    return e
 
 
 # --- NPU_COMPAT_REPORT ------------------------------------------------------------------------
@@ -237,7 +297,7 @@ def record():
         "route": npu_compat.route(),
         "npu_compat": npu_compat.__version__,
         "patches": [{"name": s.name, "state": s.state} for s in npu_compat.status()],
-        "compiles": [e.as_dict() for e in audit.entries],
+        "compiles": __import__("npu_compat.core", fromlist=["compiles"]).compiles(),
     }
 
 

@@ -29,7 +29,9 @@ another thread's import happens while it is held.
 import sys
 
 import npu_compat
-from npu_compat import NpuCompatError, _env, _log, _wrappers, apply, audit, device, registry
+from npu_compat import NpuCompatError, _env, _log, _wrappers, apply, audit, device, intercept, registry
+from types import FunctionType
+
 from npu_compat.apply import (  # noqa: F401 - the states are part of this module's API
     ABSENT,
     APPLIED,
@@ -94,6 +96,8 @@ class _State:
         self.call_guards = {}  # (module, function qualname) -> name of a guard of scope "calls"
         self.walk_ms = None
         self.codes = None  # code objects of torch's compile/disable wrappers (apply.wrapper_codes)
+        self.fallback = True  # NPU_COMPAT_FALLBACK
+        self.site_guards = None  # (module, qualname) -> guard name, made eager at definition
 
 
 _state = _State()
@@ -130,7 +134,7 @@ def records():
         )
     with _light.lock:
         if _state.records is None:
-            _state.setting = audit.Setting(setting.everything, setting.names | named, setting.sites)
+            _state.setting = audit.Setting(setting.mode, setting.names | named, setting.sites, setting.files)
             _state.records = base + tuple(extra)
             _state.call_guards = {
                 (r.module, r.qualname): r.name
@@ -414,6 +418,8 @@ def _on_import(module, gen=None):
                 if outcome.state == APPLIED and outcome.seen is not outcome.ours:
                     _state.originals[(rec.module, rec.qualname)] = outcome.seen
                     applied = True
+                if outcome.state == APPLIED and npu:
+                    _audit_record(rec, module, outcome)
                 _state.outcomes[rec.name] = outcome
             if applied:
                 # Bindings made before the hook fired: the module's own and, when it has
@@ -442,13 +448,33 @@ def _made_eager_at_definition(rec, outcome):
         return None
     return Outcome(
         APPLIED,
-        f"{rec.qualname} was made eager where it was defined: npu_compat's torch.compile passed disable=True",
+        f"{rec.qualname} was made eager where it was defined: npu_compat's hook passed disable=True",
         outcome.seen, outcome.seen,
     )  # fmt: skip
 
 
+def _audit_record(rec, module, outcome):
+    """The audit says a site a record made eager is eager, by that record (both routes)."""
+    if rec.kind == "guard" and getattr(rec, "scope", "site") == "calls":
+        return  # its compilations are recorded as they are made
+    seen = apply.unwrap(outcome.seen) if outcome.seen is not MISSING else None
+    if seen is None:
+        return
+    eager = _wrappers.eager_of(seen) or seen
+    entry = audit.audit.of(eager)
+    if entry is None:
+        where = f"{rec.module}:{rec.qualname}"
+        entry = audit.audit.entry(
+            f"{rec.module}:{rec.qualname}", f"{rec.module}.{rec.qualname}", where,
+            "unknown (compiled before npu_compat watched)", intercept.source_of(eager), "found loaded",
+        )  # fmt: skip
+        entry.seen(eager)
+    how = "npu_compat's own implementation" if rec.kind == "implementation" else "its own eager function"
+    entry.made_eager("record", f"{rec.name}: {how} ({rec.upstream})")
+
+
 def _npu_setup(gen):
-    """On NPU, once per activation: the torch.compile audit, and one walk over loaded modules."""
+    """On NPU, once per activation: the @PATH lists, the compile hook, one walk over loaded modules."""
     try:
         if _state.npu_ready == gen or not device.is_npu():
             return
@@ -457,59 +483,147 @@ def _npu_setup(gen):
             return
         import time
 
+        t = time.perf_counter()
+        reevaluate = []
         with _light.lock:
             if not _light.active or gen != _light.generation or _state.npu_ready == gen:
                 return
             _state.npu_ready = gen
-            setting = _state.setting
+            if _state.setting.files:
+                known = {r.name for r in records()}
+                before = _state.setting.names
+                _state.setting = audit.read_lists(_state.setting, known, npu_compat.WATCHED_PACKAGES)
+                reevaluate = sorted({r.module for r in records() if r.name in _state.setting.names - before})
+            _state.fallback = audit.fallback_enabled()
             watched = npu_compat.WATCHED_PACKAGES
             if _state.codes is None:
-                _state.codes = apply.wrapper_codes(torch)  # before torch.compile is intercepted
-            if _state.interceptor is None:
-                _state.interceptor = audit.Interceptor(torch, watched, _eager_reason)
-                _state.interceptor.install()
+                _state.codes = apply.wrapper_codes(torch) | {id(intercept.GUARD_CODE)}
             audit.register_report()
-
-            def found(holder, attr, fn):
-                eager = _wrappers.eager_of(fn) if _wrappers.is_compiled(fn) else None
-                why = None
-                if eager is not None:
-                    owner = holder.__module__ if isinstance(holder, type) else holder.__name__
-                    why = _eager_reason(eager.__module__, eager.__qualname__, owner, attr) if setting else None
-                if _wrappers.is_compiled(fn):
-                    audit.existing(holder, attr, fn, why)
-                return eager if why is not None else None
-
-            t = time.perf_counter()
-            apply.walk(apply.package_modules(watched), _state.swaps, found, _state.codes)
+        for name in reevaluate:  # a list file opted a record in: evaluate its module again
+            mod = sys.modules.get(name)
+            if mod is not None:
+                _on_import(mod, gen)
+        _arm("torch._dynamo", _dynamo_hook)  # the compile hook, once dynamo is there
+        with _light.lock:
+            if not _light.active or gen != _light.generation:
+                return
+            apply.walk(apply.package_modules(watched), _state.swaps, _found, _state.codes)
             _state.walk_ms = (time.perf_counter() - t) * 1e3
     except Exception as exc:
         _log.warning("npu_compat: NPU set-up failed: %s: %s", type(exc).__name__, exc)
 
 
-def _eager_reason(module, qualname, caller_module, caller_function):
-    """Why a compilation by the watched package is made eager, or None to leave it compiled."""
-    s = _state.setting
-    if s.everything:
-        return "NPU_COMPAT_EAGER=all"
-    out = _state.outcomes.get(_state.call_guards.get((caller_module, caller_function)))
-    if out is not None and out.state == APPLIED:
-        return f"guard {_state.call_guards[(caller_module, caller_function)]}"
-    if (module, qualname) in s.sites or (caller_module, caller_function) in s.sites:
-        return "named by NPU_COMPAT_EAGER"
+def _dynamo_hook(module, gen):
+    """torch._dynamo is loaded: listen on its optimize (every torch.compile ends there)."""
+    try:
+        with _light.lock:
+            if not _light.active or gen != _light.generation or _state.interceptor is not None:
+                return
+            torch = sys.modules.get("torch")
+            if torch is None or getattr(module, "optimize", None) is None:
+                return
+            _state.interceptor = intercept.Interceptor(torch, module, npu_compat.WATCHED_PACKAGES, _decide, _entry)
+            _state.interceptor.install()
+    except Exception as exc:
+        _log.warning("npu_compat: cannot watch torch.compile: %s: %s", type(exc).__name__, exc)
+
+
+def _entry(site, target, where, backend, source, when):
+    e = audit.audit.entry(site, target, where, backend, source, when, fallback=_state.fallback)
+    return e
+
+
+def _found(holder, attr, fn):
+    """The late walk met ``fn``, a compiled function: eager, a fallback wrapper, or None (leave it)."""
+    if not _wrappers.is_compiled(fn):
+        return None
+    eager = _wrappers.eager_of(fn)
+    if type(eager) is not FunctionType or (eager.__module__ or "").partition(".")[0] not in npu_compat.WATCHED_PACKAGES:
+        return None  # not sglang's code: another package's compile, imported into sglang
+    owner = holder.__dict__.get("__module__") if isinstance(holder, type) else holder.__name__
+    site, _ = intercept.site_of(eager, owner, attr)
+    backend = _backend_of(fn)
+    why, by, kept = _decide(eager, site, None, owner, attr, backend)
+    already = intercept.is_fallback(fn)
+    entry = audit.existing(holder, attr, fn, why, by, fallback=_state.fallback) if not already else None
+    if why is not None:
+        return eager
+    if already or not _state.fallback:
+        return None
+    entry.kept = kept
+    interceptor = _state.interceptor
+    optimize = interceptor.original if interceptor is not None else None
+    rebuild = intercept.rebuilder(fn, eager, entry, optimize) if optimize is not None else None
+    return intercept.guard(fn, eager, entry, rebuild)
+
+
+def _backend_of(fn):
+    """The backend torch.compile made for an existing compile wrapper (for the NPU graph-mode rule)."""
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            ctx = cell.cell_contents
+        except ValueError:
+            continue
+        if type(ctx).__name__ == "OptimizeContext":
+            b = getattr(ctx, "__dict__", {}).get("callback")
+            for _ in range(6):
+                nxt = getattr(b, "__dict__", {}).get("_torchdynamo_orig_backend")
+                if nxt is None:
+                    break
+                b = nxt
+            return b
     return None
+
+
+def _decide(model, site, target, caller_module, caller_function, backend):
+    """``(why, by, kept)`` for one of sglang's compilations: why eager (None: compiled), by what,
+    and why ``NPU_COMPAT_EAGER=all`` kept it compiled."""
+    s = _state.setting
+    mod, _, qual = site.partition(":")
+    name = _state.call_guards.get((caller_module, caller_function))
+    out = _state.outcomes.get(name)
+    if out is not None and out.state == APPLIED:
+        return f"guard {name}", "record", None
+    rec = _site_guards().get((mod, qual))
+    if rec is not None:
+        return f"guard {rec}", "record", None
+    if (mod, qual) in s.sites or (caller_module, caller_function) in s.sites:
+        return "named by NPU_COMPAT_EAGER", "setting", None
+    if s.mode == audit.EVERYTHING:
+        return "NPU_COMPAT_EAGER=everything", "setting", None
+    if s.mode == audit.ALL:
+        torch = sys.modules.get("torch")
+        if intercept.is_model_compile(model, torch) and intercept.is_npu_backend(backend):
+            return None, None, "NPU graph mode: a model compiled with NPU's own backend (NPU_COMPAT_EAGER=all keeps it)"
+        return "NPU_COMPAT_EAGER=all", "setting", None
+    return None, None, None
+
+
+def _site_guards():
+    """(module, qualname) -> name of each enabled guard of one compiled site (made eager at definition)."""
+    cached = _state.site_guards
+    if cached is not None:
+        return cached
+    _, disabled = _env.disabled({p.name for p in records()})
+    opted = _opted_in()
+    out = {}
+    for r in records():
+        if r.kind != "guard" or getattr(r, "scope", "site") == "calls" or r.name in disabled:
+            continue
+        if r.default or r.name in opted:
+            out[(r.module, r.qualname)] = r.name
+    _state.site_guards = out
+    return out
 
 
 def compiles():
     """What NPU compiled in this process, as dicts (empty off NPU)."""
-    out = []
-    swapped = _state.swaps.eager
-    for e in list(audit.audit.entries):
-        d = e.as_dict()
-        if not d["eager"] and id(e.fn) in swapped:
-            d.update(eager=True, why=d["why"] or "guarded by the registry", called=None)
-        out.append(d)
-    return out
+    return [e.as_dict() for e in list(audit.audit.entries.values())]
+
+
+def fell_back():
+    """The sites whose compile failed and now run eagerly, as dicts."""
+    return [d for d in compiles() if d["fell_back"]]
 
 
 # --- public lifecycle -------------------------------------------------------------------------
@@ -555,6 +669,7 @@ def deactivate():
         _state.outcomes.clear()
         _state.npu_ready = None
         _state.records = None
+        _state.site_guards = None
         hooks, _state.hooks = _state.hooks, {}
         _light.routes.clear()
         npu_compat._unpropagate()

@@ -144,7 +144,8 @@ f = rope_mod.late(rope_mod.user_fn)          # torch.compile inside a function b
 outside = torch.compile(lambda t: t + 1)      # not sglang's: left alone
 rep = npu_compat.report()
 report.emit(kinds=kinds, late=_wrappers.kind(f), outside=_wrappers.kind(outside), res=f(x).tolist(),
-            frames=report.frames(), compiles=rep["compiles"], tc=getattr(torch.compile, "_npu_compat", False))
+            frames=report.frames(), compiles=rep["compiles"], tc=getattr(torch.compile, "_npu_compat", False),
+                hook=getattr(torch._dynamo.optimize, "_npu_compat", False))
 """,
         tree=make_tree(tmp_path),
         env={"NPU_COMPAT_EAGER": "all"},
@@ -153,7 +154,7 @@ report.emit(kinds=kinds, late=_wrappers.kind(f), outside=_wrappers.kind(outside)
     assert r["late"] == "plain" and r["res"] == [3.0] * 3
     assert r["outside"] == "compiled"
     assert r["frames"] == 0
-    assert r["tc"] is True
+    assert r["tc"] is False and r["hook"] is True  # torch.compile stays torch's own; dynamo's optimize listens
     targets = {c["target"]: c for c in r["compiles"]}
     assert "sglang.srt.layers.rope.user_fn" in targets
     assert targets["sglang.srt.layers.rope.user_fn"]["where"].startswith("sglang.srt.layers.rope:late:")
@@ -209,8 +210,8 @@ report.emit(codes=[p.wait(120) for p in ps])
 def test_off_npu_no_interception_no_walk_every_attribute_identical(tmp_path):
     _, r = run_py(
         """
-import sys, torch
-tc = torch.compile
+import sys, torch, torch._dynamo
+tc, opt = torch.compile, torch._dynamo.optimize
 import sglang.srt.layers.user, sglang.srt.layers.rope
 def snap():
     out = {}
@@ -227,7 +228,8 @@ from npu_compat import core, plugin
 plugin.load()
 import sglang.srt.layers.rope
 from support import report
-report.emit(same=snap() == before, tc=torch.compile is tc, walk=core._state.walk_ms, compiles=core.compiles(),
+report.emit(same=snap() == before, tc=torch.compile is tc and torch._dynamo.optimize is opt, walk=core._state.walk_ms,
+            compiles=core.compiles(),
             states=report.all_states())
 """,
         tree=make_tree(tmp_path),

@@ -166,8 +166,8 @@ report.emit(all_left=compiled_bindings(), made=_wrappers.kind(made), res=made(to
 @pytest.mark.parametrize("version", VERSIONS)
 def test_off_npu_every_attribute_of_every_loaded_sglang_module_is_identical(version):
     code = LOAD + SNAP + """
-import torch
-tc = torch.compile
+import torch, torch._dynamo
+tc, opt = torch.compile, torch._dynamo.optimize
 before = snap()
 import npu_compat
 from npu_compat import plugin, core
@@ -175,7 +175,8 @@ plugin.load()
 npu_compat.activate()
 after = snap()
 from support import report
-report.emit(same=after == before, modules=len(before), tc=torch.compile is tc, walk=core._state.walk_ms,
+report.emit(same=after == before, modules=len(before), tc=torch.compile is tc and torch._dynamo.optimize is opt,
+            walk=core._state.walk_ms,
             states=sorted(set(s.state for s in npu_compat.status())))
 """
     _, r = run_version(version, code, env={"NPU_COMPAT_EAGER": "all"})
