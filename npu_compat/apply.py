@@ -188,11 +188,31 @@ def _decide_calls(rec, stored, current):
         return Outcome(INCOMPATIBLE, f"{rec.target} is not a Python function: left as it is", stored)
     if "compile" not in code.co_names:
         return Outcome(UPSTREAM_FIXED, f"{rec.qualname} calls no torch.compile here", stored)
+    if _every_compile_passes_disable(code):
+        return Outcome(
+            UPSTREAM_FIXED,
+            f"every torch.compile call inside {rec.qualname} passes disable= already (upstream's guard)", stored,
+        )  # fmt: skip
     return Outcome(
         APPLIED,
         f"torch.compile calls inside {rec.qualname} run eagerly on NPU (disable=True, as {rec.upstream})",
         stored, stored,
     )  # fmt: skip
+
+
+def _every_compile_passes_disable(code):
+    """Whether each ``compile`` loaded in ``code`` is called with a ``disable=`` keyword (bytecode)."""
+    import dis
+
+    loads = kw = 0
+    for ins in dis.get_instructions(code):
+        if ins.argval == "compile" and ins.opname.startswith("LOAD_"):
+            loads += 1
+        elif ins.opname in ("KW_NAMES", "LOAD_CONST"):
+            names = code.co_consts[ins.arg] if ins.opname == "KW_NAMES" else ins.argval  # 3.11 dis shows none
+            if isinstance(names, tuple) and "disable" in names:
+                kw += 1
+    return loads > 0 and kw >= loads
 
 
 def _decide_guard(rec, holder, attr, stored, current, kind, swaps):

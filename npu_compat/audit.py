@@ -109,7 +109,7 @@ def read_lists(setting, known_names, watched):
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             _log.warning_once(
                 ("NPU_COMPAT_EAGER@", path),
-                "NPU_COMPAT_EAGER: cannot read the list @%s (%s); ignored", _log.short(path), why,
+                "NPU_COMPAT_EAGER: cannot read the list @%s (%s); ignored", _log.short(path, 300), why,
             )  # fmt: skip
             continue
         items, numbers = [], []
@@ -124,7 +124,7 @@ def read_lists(setting, known_names, watched):
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             _log.warning_once(
                 ("NPU_COMPAT_EAGER@bad", path),
-                "NPU_COMPAT_EAGER: @%s: not understood, ignored: %s%s", _log.short(path), where, more,
+                "NPU_COMPAT_EAGER: @%s: not understood, ignored: %s%s", _log.short(path, 300), where, more,
             )  # fmt: skip
         out = out.merged(Setting(mode, names, sites))
     return out

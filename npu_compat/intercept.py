@@ -101,17 +101,22 @@ def caller_frame(torch):
 
 
 def frame_qualname(frame):
-    """The qualified name of the function a frame runs (Python 3.10 has no co_qualname)."""
+    """The qualified name of the function a frame runs."""
     code = frame.f_code
-    q = getattr(code, "co_qualname", None)
-    if q is not None:
-        return q
-    for value in list(frame.f_globals.values()):
+    return qualname_of(code, frame.f_globals, getattr(code, "co_qualname", None))
+
+
+def qualname_of(code, f_globals, native=None):
+    """``native`` (co_qualname, Python 3.11+), else found in the module: Python 3.10 has none."""
+    if native is not None:
+        return native
+    module = f_globals.get("__name__")
+    for value in list(f_globals.values()):
         if type(value) is FunctionType and value.__code__ is code:
             return value.__qualname__
-        if isinstance(value, type) and value.__dict__.get("__module__") == frame.f_globals.get("__name__"):
+        if isinstance(value, type) and value.__dict__.get("__module__") == module:
             for member in list(value.__dict__.values()):
-                fn = getattr(member, "__func__", member) if type(member) in (staticmethod, classmethod) else member
+                fn = member.__func__ if type(member) in (staticmethod, classmethod) else member
                 if type(fn) is FunctionType and fn.__code__ is code:
                     return fn.__qualname__
     return code.co_name

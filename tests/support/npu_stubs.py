@@ -113,7 +113,43 @@ class _StubLoader(importlib.abc.Loader):
         return module
 
     def exec_module(self, module):
-        pass
+        if module.__name__ == "torchair":
+            module.get_npu_backend = get_npu_backend
+
+
+# NPU_STUB_TORCHAIR picks how the stub torchair backend behaves: "" (a working
+# backend that runs the FX graph as it is), "fail-compile" (raises in the backend
+# call, as a GE graph that cannot be built) or "fail-first-run" (the compiled graph
+# raises on its first call, as torchair's GE compile does when it fails there).
+TORCHAIR_MODE_VAR = "NPU_STUB_TORCHAIR"
+
+
+class GeError(RuntimeError):
+    """What the stub NPU compiler raises."""
+
+
+def get_npu_backend(compiler_config=None, **kwargs):
+    import os
+
+    mode = os.environ.get(TORCHAIR_MODE_VAR, "")
+
+    def npu_backend(gm, example_inputs, **kw):
+        if mode == "fail-compile":
+            raise GeError("stub GE graph build failed: op not supported")
+        if mode == "fail-first-run":
+            ran = []
+
+            def run(*args):
+                if not ran:
+                    ran.append(1)
+                    raise GeError("stub GE graph failed on its first run")
+                return gm.forward(*args)
+
+            return run
+        return gm.forward
+
+    npu_backend.__module__ = "torchair.npu_fx_compiler"  # where torchair's own backend lives
+    return npu_backend
 
 
 class StubFinder(importlib.abc.MetaPathFinder):
