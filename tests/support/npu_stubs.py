@@ -117,10 +117,11 @@ class _StubLoader(importlib.abc.Loader):
             module.get_npu_backend = get_npu_backend
 
 
-# NPU_STUB_TORCHAIR picks how the stub torchair backend behaves: "" (a working
-# backend that runs the FX graph as it is), "fail-compile" (raises in the backend
-# call, as a GE graph that cannot be built) or "fail-first-run" (the compiled graph
-# raises on its first call, as torchair's GE compile does when it fails there).
+# NPU_STUB_TORCHAIR picks how the stub torchair backend behaves, read when it
+# compiles (so a test can switch it between sites): "" (a working backend that
+# runs the FX graph as it is), "fail-compile" (raises in the backend call, as a
+# GE graph that cannot be built) or "fail-first-run" (the compiled graph raises
+# on its first call, as torchair's GE compile does when it fails there).
 TORCHAIR_MODE_VAR = "NPU_STUB_TORCHAIR"
 
 
@@ -129,11 +130,10 @@ class GeError(RuntimeError):
 
 
 def get_npu_backend(compiler_config=None, **kwargs):
-    import os
-
-    mode = os.environ.get(TORCHAIR_MODE_VAR, "")
-
     def npu_backend(gm, example_inputs, **kw):
+        import os
+
+        mode = os.environ.get(TORCHAIR_MODE_VAR, "")
         if mode == "fail-compile":
             raise GeError("stub GE graph build failed: op not supported")
         if mode == "fail-first-run":
