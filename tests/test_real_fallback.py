@@ -13,7 +13,7 @@ after the scheduler's ~990 modules):
 """
 
 import pytest
-from test_real_guards import LOAD, SIMULATE, VERSIONS, run_version
+from test_real_guards import LOAD, PROBE, SIMULATE, VERSIONS, run_version
 from test_real_sglang import needs_sglang, sglang_python  # noqa: F401 - needs_sglang's condition reads it
 
 CASES = """
@@ -103,3 +103,32 @@ def test_with_the_fallback_off_the_same_calls_raise(version):
     assert r["rot1"] == {"raised": "GeError"}
     assert "raised" in r["swiglu"]
     assert all(x["fell_back"] is None for x in r["entries"].values())
+
+
+@needs_sglang
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("value", ["all", "everything"])
+def test_eager_all_keeps_patch_model_npu_compiled_while_every_helper_is_eager(version, value):
+    code = SIMULATE + LOAD + """
+import importlib, torch
+from npu_compat import plugin
+plugin.load()
+from npu_compat import _wrappers, core
+runner = importlib.import_module("sglang.srt.hardware_backend.npu.graph_runner.npu_graph_runner")
+class Tiny(torch.nn.Module):
+    def forward(self, x):
+        return x + 1
+with runner.patch_model_npu(Tiny(), True, 1, None) as graph:  # a context manager in both releases
+    pass
+""" + PROBE + """
+from support import report
+kept = [c for c in core.compiles() if c["where"].startswith(runner.__name__)]
+report.emit(graph=_wrappers.kind(graph), left=compiled_bindings(), kept=kept)
+"""
+    _, r = run_version(version, code, env={"NPU_COMPAT_EAGER": value})
+    assert r["left"] == []  # every helper sglang compiled runs eagerly
+    (site,) = r["kept"]
+    if value == "all":
+        assert r["graph"] == "compiled" and site["eager"] is False and "NPU graph mode" in site["kept"]
+    else:  # the old meaning of all, under its own name
+        assert r["graph"] == "plain" and site["eager_by"] == "setting"
