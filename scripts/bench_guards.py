@@ -12,6 +12,11 @@
            npu_compat active vs NPU_COMPAT_DISABLE=1, interleaved; on the
            simulated NPU and off NPU.  Goal: <= 1.02 on NPU; off NPU the
            work done is shown to be none (no walk, torch.compile untouched).
+  per call a compiled site with the fallback in place vs the same function
+           compiled by torch without it, in one process on the simulated
+           NPU (dynamo tracing, the stub torchair backend that runs the
+           graph as it is: the cheapest compiled call, so the worst ratio),
+           blocks of calls interleaved.  Goal: <= 1.01.
 
 PY is an interpreter with the real sglang (scripts/make_sglang_venv.sh;
 default: $NPU_COMPAT_SGLANG_PYTHON).  0.5.23 is taken from PY's venv's
@@ -64,11 +69,38 @@ print("OFF:" + json.dumps({"walk_ms": core._state.walk_ms, "torch_compile_untouc
 """
 
 
+PER_CALL = SIMULATE + """
+import torch, time, statistics, json, types, sys
+torch.accelerator.is_available = lambda: False
+import npu_compat, torch._dynamo, torchair
+import sglang  # arms npu_compat (it starts watching when sglang loads)
+backend = torchair.get_npu_backend()
+src = "import torch\\ndef gather(i, p, t, o):\\n    return p[i], t[i], o[i]\\n"
+mod = types.ModuleType("sglang.srt.managers.bench_site"); sys.modules[mod.__name__] = mod
+exec(src, mod.__dict__)
+ns = {"__name__": "bench_plain"}; exec(src, ns)
+with_fb = torch.compile(mod.gather, dynamic=True, backend=backend)          # sglang's: the fallback wraps it
+from npu_compat import core
+plain = core._state.interceptor.original(backend=backend, dynamic=True)(ns["gather"])  # torch's own
+assert with_fb is not plain and "_npu_compat_fallback" in with_fb.__dict__
+i = torch.randint(0, 4096, (64,)); p = torch.rand(4096, 8); t = torch.randint(0, 9, (4096, 8)); o = torch.randint(0, 9, (4096,))
+for f in (with_fb, plain):
+    for _ in range(200): f(i, p, t, o)
+res = {"fallback": [], "torch": []}
+for block in range(ROUNDS):  # short blocks, alternating order: drift and load hit both alike
+    for name, f in (("fallback", with_fb), ("torch", plain)) if block % 2 == 0 else (("torch", plain), ("fallback", with_fb)):
+        t0 = time.perf_counter_ns()
+        for _ in range(100): f(i, p, t, o)
+        res[name].append((time.perf_counter_ns() - t0) / 100 / 1e3)
+print("CALL:" + json.dumps(res))
+"""
+
+
 def _env(version, py, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_COMPAT") and k != "PYTHONPATH"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     venv = os.path.dirname(os.path.dirname(os.path.abspath(py)))
-    path = [TESTS] if version == "0.5.13" else [os.path.join(venv, "sglang-0.5.23"), TESTS]
+    path = [ROOT, TESTS] if version == "0.5.13" else [ROOT, os.path.join(venv, "sglang-0.5.23"), TESTS]
     env["PYTHONPATH"] = os.pathsep.join(path)
     env.update(extra)
     return env
@@ -88,12 +120,15 @@ def _wall(py, code, env):
     return (time.perf_counter_ns() - t) / 1e6
 
 
-def bench_guards(quick=False, py=None, version="0.5.23"):
+def bench_guards(quick=False, py=None, version="0.5.23", only=None):
     py = py or os.environ.get("NPU_COMPAT_SGLANG_PYTHON")
+    py = os.path.abspath(py) if py else py
     if not py:
         raise SystemExit("bench_guards: no sglang interpreter (--sglang-python or NPU_COMPAT_SGLANG_PYTHON)")
     runs = 3 if quick else 7
     out = {}
+    if only == "call":
+        return _per_call(out, py, version, quick)
     late = [_child(py, LATE, _env(version, py), "LATE") for _ in range(runs)]
     out[f"late activation on NPU, sglang {version} scheduler loaded (plugin.load total)"] = {
         "median_ms": statistics.median(x["total_ms"] for x in late),
@@ -127,6 +162,17 @@ def bench_guards(quick=False, py=None, version="0.5.23"):
         b = out[f"import scheduler: {where}, NPU_COMPAT_DISABLE=1"]["median_ms"]
         out[f"import scheduler: {where}, ratio active/disabled"] = {"ratio": a / b}
     out["off NPU: work done by the plugin"] = _child(py, OFF, _env(version, py), "OFF")
+    return _per_call(out, py, version, quick)
+
+
+def _per_call(out, py, version, quick):
+    calls = _child(py, PER_CALL.replace("ROUNDS", str(100 if quick else 400)), _env(version, py), "CALL")
+    for name, s in calls.items():
+        out[f"per call, compiled site: {name}"] = {"median_us": statistics.median(s), "min_us": min(s),
+                                                   "max_us": max(s), "n_blocks": len(s)}
+    ratios = [a / b for a, b in zip(calls["fallback"], calls["torch"])]
+    out["per call, ratio with fallback / torch's own (median of paired blocks)"] = {
+        "ratio": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return out
 
 
@@ -136,8 +182,9 @@ def main(argv=None):
     p.add_argument("--sglang-python", default=None)
     p.add_argument("--version", default="0.5.23", choices=("0.5.13", "0.5.23"))
     p.add_argument("--json", default=None)
+    p.add_argument("--only", choices=("call",), default=None, help="only the per-call comparison")
     args = p.parse_args(argv)
-    res = bench_guards(args.quick, args.sglang_python, args.version)
+    res = bench_guards(args.quick, args.sglang_python, args.version, args.only)
     for k, v in res.items():
         print(f"{k:<80} {json.dumps(v)}")
     if args.json:
