@@ -245,7 +245,7 @@ class Backend:
         except Exception as exc:
             _tls.note = _Note(exc, "compile", False)
             raise
-        return _graph(compiled, _mutates(gm))
+        return _graph(_settled(compiled), _mutates(gm))
 
     def get_compiler_config(self):
         get = getattr(self.inner, "get_compiler_config", None)
@@ -261,6 +261,27 @@ class Backend:
 
     def __hash__(self):
         return hash((id(self.entry), id(self.inner)))
+
+
+def _settled(compiled):
+    """A lazy graph module's real forward (dynamo does this itself when it sees one).
+
+    Backends that hand the FX graph back (dynamo's ``eager``, a stub) return
+    ``_lazy_forward``, which recompiles the module's code on first use and then
+    checks on every call; wrapped, dynamo no longer sees it, so it is settled here.
+    """
+    owner = getattr(compiled, "__self__", None)
+    if getattr(compiled, "__name__", None) != "_lazy_forward" or owner is None:
+        return compiled
+    try:
+        from torch.fx._lazy_graph_module import _LazyGraphModule
+
+        if isinstance(owner, _LazyGraphModule):
+            _LazyGraphModule.force_recompile(owner)
+            return owner.forward
+    except Exception:
+        pass
+    return compiled
 
 
 def _graph(compiled, mutates):
@@ -595,6 +616,15 @@ class Interceptor:
         optimize._npu_compat = True
         self.dynamo.optimize = optimize
         self.installed = optimize
+        # dynamo's frame callback is active while a compiled function runs, so it
+        # would trace the graph wrapper's own frame on every call (guard checks
+        # cost more than the call): tell it to run that code as it is.
+        skip = getattr(sys.modules.get("torch._dynamo.eval_frame"), "skip_code", None)
+        for code in _GRAPH_CODES if callable(skip) else ():
+            try:
+                skip(code)
+            except Exception:
+                pass
 
     def uninstall(self):
         if self.installed is not None and self.dynamo.__dict__.get("optimize") is self.installed:
