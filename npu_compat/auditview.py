@@ -14,6 +14,7 @@ are derived from ``target`` and ``why``.
 
 import json
 import os
+import stat
 import sys
 
 from npu_compat._cli_util import OneLineParser, one_line
@@ -22,7 +23,8 @@ PROG = "npu-compat audit"
 FORMATS = (1, 2)  # 1: the unnumbered 0.2.0 line
 FAIL_ON = ("fell-back", "compiled-called")
 EAGER_BY = ("record", "setting", "fallback", "upstream")
-SHOW_BAD = 5  # bad inputs named one by one; then a count
+SHOW_BAD = 5  # bad inputs named one by one on stderr; then a count
+KEEP_BAD = 100  # bad inputs kept for --json
 DEFAULT_BACKEND = "inductor"
 
 
@@ -125,8 +127,9 @@ class Merge:
         self.ranks = set()
         self.sites = {}  # (site, target) -> SiteCount
         self.records = {}  # name -> {state: processes}
-        self.bad = []  # "FILE[:LINE]: why"
+        self.bad = []  # "FILE[:LINE]: why", the first KEEP_BAD
         self.bad_lines = 0
+        self.bad_inputs = 0
         self.files_read = 0
 
     def add(self, rec):
@@ -188,17 +191,28 @@ class Merge:
     def bad_input(self, where, why, line=True):
         if line:
             self.bad_lines += 1
-        self.bad.append(f"{where}: {why}")
+        self.bad_inputs += 1
+        if len(self.bad) < KEEP_BAD:  # a file of bad lines must not fill memory with messages
+            self.bad.append(f"{where}: {why}")
 
     def read(self, path):
-        """Fold in every line of ``path``, one at a time."""
+        """Fold in every line of ``path`` (``-``: standard input), one at a time."""
         shown = one_line(path)
-        if os.path.isdir(path):
-            return self.bad_input(shown, "is a directory", line=False)
-        try:
-            f = open(path, "rb")
-        except OSError as exc:
-            return self.bad_input(shown, one_line(exc.strerror or exc).lower(), line=False)
+        if path == "-":
+            f = os.fdopen(os.dup(sys.stdin.fileno()), "rb")
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            except IsADirectoryError:
+                return self.bad_input(shown, "is a directory", line=False)
+            except OSError as exc:
+                return self.bad_input(shown, one_line(exc.strerror or exc).lower(), line=False)
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode) or not stat.S_ISREG(st.st_mode):
+                os.close(fd)  # a FIFO must not hang the audit
+                return self.bad_input(shown, "is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file",
+                                      line=False)  # fmt: skip
+            f = os.fdopen(fd, "rb")
         with f:
             self.files_read += 1
             n = 0
@@ -236,7 +250,7 @@ class Merge:
             "hosts": sorted(self.hosts),
             "ranks": sorted(self.ranks),
             "bad_lines": self.bad_lines,
-            "bad": list(self.bad),
+            "bad": list(self.bad),  # the first KEEP_BAD
             "sites": [s.as_dict() for s in self.sorted_sites()],
             "records": {name: dict(states) for name, states in self.records.items()},
         }
@@ -275,8 +289,8 @@ def table(m):
         lines.append(_fit(f"  {name:<28} " + ", ".join(f"{st} {n}" for st, n in sorted(states.items()))))
     if not m.records:
         lines.append("  (none recorded)")
-    if m.bad_lines or m.bad:
-        lines += ["", f"bad input: {len(m.bad)} ({m.bad_lines} lines); see stderr"]
+    if m.bad_inputs:
+        lines += ["", f"bad input: {m.bad_inputs} ({m.bad_lines} lines); see stderr"]
     return "\n".join(lines)
 
 
@@ -320,7 +334,8 @@ def eager_list(m, sources):
         else:
             why = "fell back"
         lines.append(_fit(f"# {why}; {n} of {m.processes} processes", 200))
-        lines.append(s.site)
+        # a site found compiled under another module's name cannot be pinned by module:qualname
+        lines.append(s.site if ":" in s.site else f"# (no module:qualname for {s.site}; name it yourself)")
     return "\n".join(lines)
 
 
@@ -332,7 +347,7 @@ def _parser():
         prog=PROG,
         description="Merge NPU_COMPAT_REPORT files (every process, every node) into one view of the compile sites.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="NPU_COMPAT_REPORT files (JSON lines)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="NPU_COMPAT_REPORT files (JSON lines; - for stdin)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument(
@@ -363,8 +378,8 @@ def main(argv=None):
         m.read(path)
     for line in m.bad[:SHOW_BAD]:
         sys.stderr.write(f"{PROG}: skipped {line}\n")
-    if len(m.bad) > SHOW_BAD:
-        sys.stderr.write(f"{PROG}: skipped {len(m.bad) - SHOW_BAD} more bad input(s) ({m.bad_lines} bad lines in all)\n")
+    if m.bad_inputs > SHOW_BAD:
+        sys.stderr.write(f"{PROG}: skipped {m.bad_inputs - SHOW_BAD} more bad input(s) ({m.bad_lines} bad lines in all)\n")
     if m.unnumbered:
         sys.stderr.write(
             f"{PROG}: note: {m.unnumbered} line(s) without report_format (npu-compat 0.2.0's first writer): "

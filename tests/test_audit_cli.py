@@ -153,12 +153,15 @@ def test_bad_inputs_named_never_a_traceback(tmp_path):
     good.write_text(hand_line(1, "h", [entry(HEAVY)]) + "\n")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    rc, out, err = audit(good, empty, tmp_path / "missing.jsonl", tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # no writer: opening it must not hang the audit
+    rc, out, err = audit(good, empty, tmp_path / "missing.jsonl", tmp_path, fifo)
     assert rc == 0 and "1 processes on 1 host(s)" in out
     lines = err.splitlines()
     assert f"npu-compat audit: skipped {empty}: empty" in lines
     assert f"npu-compat audit: skipped {tmp_path / 'missing.jsonl'}: no such file or directory" in lines
     assert f"npu-compat audit: skipped {tmp_path}: is a directory" in lines
+    assert f"npu-compat audit: skipped {fifo}: not a regular file" in lines
     assert "Traceback" not in err
     # nothing readable: exit 2
     rc, out, err = audit(empty, tmp_path / "missing.jsonl")
