@@ -38,7 +38,7 @@ from sglang.srt.utils import (
 )
 
 _is_cuda = is_cuda()
-
+\x0c
 
 @torch.compile
 def bare(x):  # a bare decorator
@@ -103,6 +103,32 @@ def done(x):
 '''
 
 
+# no module-level import to put is_npu after
+NOIMP = '''def late(g):
+    import torch
+
+    return torch.compile(g)
+'''
+
+# _is_npu is defined only after the first site
+LATEFLAG = '''import torch
+from sglang.srt.utils import is_npu
+
+
+@torch.compile
+def early(x):
+    return x
+
+
+_is_npu = is_npu()
+
+
+@torch.compile
+def later(x):
+    return x
+'''
+
+
 def make_tree(base):
     root = base / "site"
     files = {
@@ -113,6 +139,8 @@ def make_tree(base):
         "sglang/srt/layers/rope.py": ROPE,
         "sglang/srt/layers/hc.py": HC,
         "sglang/srt/layers/fixed.py": FIXED,
+        "sglang/srt/layers/noimp.py": NOIMP,
+        "sglang/srt/layers/lateflag.py": LATEFLAG,
     }
     for rel, text in files.items():
         p = root / rel
@@ -176,7 +204,8 @@ def test_patch_each_spelling_exact_edits_rest_byte_identical(tmp_path):
     ).replace("torch.compile(mix)", "torch.compile(mix, disable=_is_npu)")
     assert (root / "sglang/srt/layers/fixed.py").read_text() == FIXED
     # the scanner now calls every patched site guarded (the starred one stays unknown)
-    verdicts = {(s.module.rsplit(".", 1)[1], s.target, s.scope): s.verdict for s in scan([root / "sglang"]).sites}
+    verdicts = {(s.module.rsplit(".", 1)[1], s.target, s.scope): s.verdict for s in scan([root / "sglang"]).sites
+                if not s.module.endswith(("noimp", "lateflag"))}  # fmt: skip
     assert {k: v for k, v in verdicts.items() if v != "guarded"} == {("rope", "Layer.starred", "Layer"): "unknown"}
 
 
@@ -192,6 +221,19 @@ def test_default_sites_are_the_registry_default_guards(tmp_path):
     # a 'site' want does not take the compile calls inside a function of that name
     res = make_patch(str(root), [Want("sglang.srt.layers.hc", "Gated.__init__", "site")])
     assert res.files == [] and "no torch.compile site" in res.left_out[0][1]
+
+
+def test_a_site_that_cannot_be_completed_leaves_nothing_in_the_patch(tmp_path):
+    root = make_tree(tmp_path)
+    res = make_patch(str(root), [Want("sglang.srt.layers.noimp", "late"), Want("sglang.srt.layers.rope", "bare")])
+    assert res.left_out == [("sglang.srt.layers.noimp:late", "line 4: no module-level import to place is_npu after")]
+    assert [rel for rel, _, _ in res.files] == ["python/sglang/srt/layers/rope.py"]
+    assert "noimp" not in res.diff().decode()
+    # the second site fails after its decorator was edited: that edit is taken back
+    res = make_patch(str(root), [Want("sglang.srt.layers.lateflag", "later"), Want("sglang.srt.layers.lateflag", "early")])
+    assert res.left_out == [("sglang.srt.layers.lateflag:early", "line 5: _is_npu is defined only after the site (line 10)")]
+    diff = res.diff().decode()
+    assert diff.count("+@torch.compile(disable=_is_npu)") == 1 and "+@torch.compile(disable=_is_npu)\n def later(x)" in diff
 
 
 def test_repo_layout_applies_with_git_apply(tmp_path):

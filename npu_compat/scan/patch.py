@@ -57,7 +57,7 @@ def registry_wants(records):
     """The registry's default guards."""
     return [
         Want(r.module, r.qualname, r.scope, origin=f"record {r.name}", why=r.why,
-             evidence=f"{r.evidence} ({r.versions})", upstream=r.upstream, upstream_url=r.upstream_url)
+             evidence=f"{r.evidence}; sglang {r.versions}", upstream=r.upstream, upstream_url=r.upstream_url)
         for r in records if r.kind == "guard" and r.default
     ]  # fmt: skip
 
@@ -158,6 +158,7 @@ class Source:
                 self.starts.append(i + 1)
         self.edits = []  # (start, end, bytes)
         self.prelude_done = False
+        self.flag_line = 0  # where _is_npu is defined (or inserted after), once prelude_done
 
     def offset(self, line, col):
         return self.starts[line - 1] + col
@@ -253,6 +254,8 @@ def _top_imports(tree, before):
 def edit_prelude(src, first_site_line):
     """``is_npu`` imported and ``_is_npu = is_npu()`` defined at module level (once per file); why not, or None."""
     if src.prelude_done:
+        if src.flag_line >= first_site_line:
+            return f"{FLAG} is defined only after the site (line {src.flag_line})"
         return None
     body = src.tree.body
     first_def = next((n.lineno for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))),
@@ -261,8 +264,8 @@ def edit_prelude(src, first_site_line):
     for n in body:
         targets = n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id == FLAG for t in targets):
-            src.prelude_done = True
-            return None if n.lineno < first_site_line else f"{FLAG} is defined only after the site (line {n.lineno})"
+            src.prelude_done, src.flag_line = True, n.lineno
+            return edit_prelude(src, first_site_line)
     imports = _top_imports(src.tree, before)
     if not imports:
         return "no module-level import to place is_npu after"
@@ -295,7 +298,8 @@ def edit_prelude(src, first_site_line):
             if text:
                 src.add(at, at, text)
     src.add(flag_at, flag_at, flag_text)
-    src.prelude_done = True
+    # the line the flag follows: a site on it or above it would run before the flag exists
+    src.prelude_done, src.flag_line = True, (anchor if flags else last_import).end_lineno
     return None
 
 
@@ -321,9 +325,15 @@ def _add_name(src, node):
 # ---- the diff -----------------------------------------------------------------------------------
 
 
+def _lines(data):
+    """Lines split at b"\n" only (str.splitlines would also split at form feeds and lone CRs)."""
+    parts = data.split(b"\n")
+    out = [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    return [p.decode("utf-8", "surrogateescape") for p in out]
+
+
 def _diff(old, new, rel):
-    a = old.decode("utf-8", "surrogateescape").splitlines(keepends=True)
-    b = new.decode("utf-8", "surrogateescape").splitlines(keepends=True)
+    a, b = _lines(old), _lines(new)
     out = []
     for line in difflib.unified_diff(a, b, f"a/{rel}", f"b/{rel}", n=3):
         out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
@@ -387,11 +397,14 @@ def make_patch(path, wants, layout="repo", scan_fn=None):
         for want, sites in items:
             ok = []
             for s in sites:
+                mark, prelude = len(src.edits), (src.prelude_done, src.flag_line)
                 try:
                     why = edit_site(src, s) or edit_prelude(src, s.line)
                 except ValueError as exc:
                     why = str(exc)
-                if why:
+                if why:  # nothing of this site stays in the patch
+                    del src.edits[mark:]
+                    src.prelude_done, src.flag_line = prelude
                     res.left_out.append((want.name, f"line {s.line}: {why}"))
                 else:
                     ok.append(s)
@@ -426,7 +439,7 @@ def pr_text(res):
     ]
     for want, sites, rel in res.patched:
         lines = ", ".join(str(s.line) for s in sites)
-        out += [f"## `{want.name}` (`{rel}`, line {lines})", ""]
+        out += [f"## `{want.name}` (`{rel}`, line{'s' if len(sites) > 1 else ''} {lines})", ""]
         if want.why:
             out.append(f"- What fails on NPU: {want.why}.")
         if want.evidence:
@@ -438,7 +451,7 @@ def pr_text(res):
         if all(s.form == "decorator" for s in sites):
             obj = f"m.{qual}" if "." not in qual else f"vars(m.{qual.split('.')[0]})['{qual.split('.')[1]}']"
             out.append(
-                f"- Test (on Ascend, and on CUDA for the opposite): `python -c \"import importlib; "
+                f"- Test (on Ascend without npu-compat; on CUDA for the opposite): `python -c \"import importlib; "
                 f"m = importlib.import_module('{mod}'); f = {obj}; "
                 f"print('eager' if not hasattr(f, '_torchdynamo_orig_callable') else 'compiled')\"` "
                 "prints `eager` on NPU, `compiled` elsewhere."
@@ -472,7 +485,10 @@ def run(args, prog, warn=None):
         sys.stderr.write(f"{prog}: error: {one_line(exc)}\n")
         return 2
     if args.from_audit:
-        wants += audit_wants(args.from_audit, warn)
+        found = audit_wants(args.from_audit, warn)
+        if not found:
+            warn("--from-audit: no site fell back or was made eager by NPU_COMPAT_EAGER in those reports")
+        wants += found
     if not args.site and not args.from_audit:
         from .engine import load_patches
 
