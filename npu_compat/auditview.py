@@ -49,9 +49,13 @@ def site_of(entry):
         if mod and outer.startswith(mod + "."):
             return f"{mod}:{outer[len(mod) + 1:]}"
         return outer
-    mod = where.split(":", 1)[0]
+    parts = where.split(":")
+    mod = parts[0]
     if mod and target.startswith(mod + "."):
         return f"{mod}:{target[len(mod) + 1:]}"
+    if len(parts) == 3 and parts[1].isidentifier():
+        # not a function of that module (a staticmethod object, an nn.Module): the body that compiled it
+        return f"{mod}:{parts[1]}"
     return target
 
 
@@ -259,8 +263,8 @@ class Merge:
 # ---- renderings ---------------------------------------------------------------------------------
 
 WIDTH = 100
-_HEAD = f"  {'backend':<28} {'procs':>5} {'compiled':>8} {'eager':>5} {'record':>6} {'setting':>7} " \
-        f"{'fallback':>8} {'called':>6} {'fell-back':>9}"  # fmt: skip
+_HEAD = f"  {'backend':<24} {'procs':>5} {'compiled':>8} {'eager':>5} {'record':>6} {'setting':>7} " \
+        f"{'fallback':>8} {'upstream':>8} {'called':>6} {'fell-back':>9}"  # fmt: skip
 
 
 def _fit(text, width=WIDTH):
@@ -271,14 +275,14 @@ def table(m):
     hosts = ", ".join(f"{h} ({n})" for h, n in sorted(m.hosts.items()))
     ranks = f"; ranks {_spans(sorted(m.ranks))}" if m.ranks else ""
     lines = [_fit(f"{m.processes} processes on {len(m.hosts)} host(s): {hosts}{ranks}"), ""]
-    lines.append(f"sites ({len(m.sites)}): one per site, counts are processes")
+    lines.append(f"sites ({len(m.sites)}): counts are processes; eager by record, setting, fallback or upstream")
     lines.append(_HEAD)
     for s in m.sorted_sites():
-        lines.append(_fit(s.site if _same(s) else f"{s.site}  ({s.target})"))
+        lines.append(_fit(s.site if _same(s) else f"{s.site}  ({_compiled_name(s)})"))
         by = s.eager_by
         lines.append(
-            f"  {_fit(s.backend, 28):<28} {s.processes:>5} {s.compiled:>8} {s.eager:>5} {by['record']:>6} "
-            f"{by['setting']:>7} {by['fallback']:>8} {s.called:>6} {s.fell_back:>9}"
+            f"  {_fit(s.backend, 24):<24} {s.processes:>5} {s.compiled:>8} {s.eager:>5} {by['record']:>6} "
+            f"{by['setting']:>7} {by['fallback']:>8} {by['upstream']:>8} {s.called:>6} {s.fell_back:>9}"
         )
         for (stage, typ, msg), n in sorted(s.errors.items(), key=lambda kv: -kv[1])[:3]:
             lines.append(_fit(f"    fell back at {stage} in {n} process(es): {typ}: {msg}"))
@@ -292,6 +296,12 @@ def table(m):
     if m.bad_inputs:
         lines += ["", f"bad input: {m.bad_inputs} ({m.bad_lines} lines); see stderr"]
     return "\n".join(lines)
+
+
+def _compiled_name(s):
+    """What was compiled at a site, short: ``<locals>._mix`` for a closure of the site's function."""
+    head = s.site.replace(":", ".", 1) + "."
+    return s.target[len(head):] if s.target.startswith(head) else s.target
 
 
 def _same(s):

@@ -185,12 +185,16 @@ def test_lines_of_the_first_writer_are_read_with_site_and_eager_by_derived():
         {"target": "sglang.srt.layers.site.heavy", "where": "sglang.srt.layers.site:<module>:8",
          "backend": "inductor", "eager": True, "why": "named by NPU_COMPAT_EAGER", "when": "at definition",
          "called": None},
+        {"target": "builtins.staticmethod", "where": "sglang.srt.models.llama4:Llama4MoE:76", "backend": "inductor",
+         "eager": False, "why": None, "when": "at definition", "called": None},
     ]  # fmt: skip
     m = auditview.Merge()
     m.add(auditview.parse_line(json.dumps(old).encode()))
     got = {s.site: s.eager_by for s in m.sites.values()}
     assert got["sglang.srt.layers.hc:Gated.__init__"]["record"] == 1
     assert got[HEAVY]["setting"] == 1
+    # a compiled object that is not a function: the body that compiled it (here a class body)
+    assert got["sglang.srt.models.llama4:Llama4MoE"] == dict.fromkeys(auditview.EAGER_BY, 0)
     assert m.unnumbered == 1
 
 

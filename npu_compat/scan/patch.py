@@ -130,7 +130,8 @@ def match(report, want):
         return [], f"module {want.module} is not in this tree (or holds no compile site)"
     direct = [s for s in mine if s.form == "decorator" and s.target == want.qualname]
     direct += [s for s in mine if s.form != "decorator" and s.scope == "<module>" and want.qualname in _bound(s)]
-    calls = [s for s in mine if _enclosing(s.scope) == want.qualname]
+    # the compile calls made in the function's body (or directly in a class body)
+    calls = [s for s in mine if _enclosing(s.scope) == want.qualname or (s.scope == want.qualname and s.form == "decorator")]
     if want.scope == "site":
         found = direct
     elif want.scope == "calls":
