@@ -1,4 +1,4 @@
-"""``npu-compat``: status, run, bootstrap-path, install, uninstall, scan.
+"""``npu-compat``: status, run, bootstrap-path, install, uninstall, scan, audit.
 
 Every error is one line on stderr and a non-zero exit (2 for bad usage),
 never a traceback.
@@ -38,6 +38,7 @@ def _parser():
         i.add_argument("--dry-run", action="store_true", help="show what would change; change nothing")
 
     sub.add_parser("scan", help="list torch.compile sites and whether they are guarded for NPU", add_help=False)
+    sub.add_parser("audit", help="merge NPU_COMPAT_REPORT files into one view of the compile sites", add_help=False)
     return p
 
 
@@ -243,6 +244,10 @@ def main(argv=None):
             from npu_compat import scan
 
             return scan.main(argv[1:])
+        if argv[:1] == ["audit"]:
+            from npu_compat import auditview
+
+            return auditview.main(argv[1:])
         args = _parser().parse_args(argv)
         if args.version:
             import npu_compat

@@ -12,7 +12,8 @@ the scanner works where torch is missing or broken.  Where things are:
 * :mod:`.judge`, :mod:`.verdicts`: a site's verdict and reason;
 * :mod:`.report`, :mod:`.render`, :mod:`.diff`: the report, its text
   renderings, and ``--diff``;
-* :mod:`.engine`: one scan from paths to report; :mod:`.cli`: the command.
+* :mod:`.engine`: one scan from paths to report; :mod:`.patch`: ``--patch``,
+  upstream's remedy as a diff; :mod:`.cli`: the command.
 
 The reference is docs/scan.md.
 """

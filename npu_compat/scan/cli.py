@@ -57,7 +57,28 @@ def _parser():
         "--parse-all", action="store_true",
         help="parse every file, also those that cannot hold a site (slower; same sites and verdicts)",
     )
+    _patch_options(p)
     return p
+
+
+def _patch_options(p):
+    g = p.add_argument_group("upstream patch (docs/audit.md)")
+    g.add_argument(
+        "--patch", metavar="PATH",
+        help="print a unified diff adding disable=_is_npu at the selected sites of the sglang tree at PATH "
+             "(default sites: the registry's default guards)",
+    )
+    g.add_argument("--site", action="append", metavar="MODULE:QUALNAME", help="patch this site (repeatable)")
+    g.add_argument(
+        "--from-audit", nargs="+", metavar="FILE",
+        help="patch the sites that fell back, or that NPU_COMPAT_EAGER made eager, in these NPU_COMPAT_REPORT files",
+    )
+    g.add_argument(
+        "--layout", choices=("repo", "installed"), default="repo",
+        help="paths as in sglang's repository (python/sglang/..., for git apply; default) or relative to the "
+             "directory holding sglang/ (installed; patch -p1 there)",
+    )
+    g.add_argument("--pr-text", action="store_true", help="print the pull request's description instead of the diff")
 
 
 def main(argv=None):
@@ -67,6 +88,14 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help or a usage error; argparse already printed
         return exc.code if isinstance(exc.code, int) else 2
+    if args.patch is None and (args.site or args.from_audit or args.pr_text or args.layout != "repo"):
+        parser.error("--site, --from-audit, --layout and --pr-text go with --patch PATH")
+    if args.patch is not None:
+        if args.paths or args.package or args.diff or args.json:
+            parser.error("--patch PATH takes its tree itself; give no PATH, --package, --diff or --json with it")
+        from .patch import run as patch
+
+        return patch(args, PROG)
     if args.diff and (args.paths or args.package):
         parser.error("--diff takes its two sides itself; give no PATH or --package with it")
     try:
