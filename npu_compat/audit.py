@@ -9,7 +9,8 @@
 * Compiled functions that already exist when npu_compat starts watching
   (late activation: the sglang plugin runs after ~970 modules are loaded)
   are found by the walk in :mod:`npu_compat.apply` and recorded too.
-* ``NPU_COMPAT_REPORT=PATH``: at exit each process appends one JSON line.
+* ``NPU_COMPAT_REPORT=PATH`` (the line each process appends at exit) is
+  written by :mod:`npu_compat.reportfile`.
 
 Nothing here runs off NPU: the caller (:mod:`npu_compat.core`) installs it
 only after the device is known to be an NPU.
@@ -208,67 +209,3 @@ def existing(holder, attr, fn, why):
     where = f"{where}:{holder.__qualname__ + '.' if isinstance(holder, type) else ''}{attr}"
     audit.add(Entry(f"{mod}.{qual}", where, "unknown (compiled before npu_compat watched)", why is not None, why,
                     eager if why is not None else fn, "found loaded"))  # fmt: skip
-
-
-# --- NPU_COMPAT_REPORT ------------------------------------------------------------------------
-
-_report_registered = False
-
-
-def register_report():
-    """Arrange for this process to append its record to NPU_COMPAT_REPORT at exit."""
-    global _report_registered
-    if _report_registered or not os.environ.get("NPU_COMPAT_REPORT", "").strip():
-        return
-    import atexit
-
-    atexit.register(write_report)
-    _report_registered = True
-
-
-def record():
-    """This process's record: what npu_compat decided and what NPU compiled."""
-    import npu_compat
-
-    return {
-        "pid": os.getpid(),
-        "ppid": os.getppid(),
-        "argv": list(sys.argv[:4]),
-        "route": npu_compat.route(),
-        "npu_compat": npu_compat.__version__,
-        "patches": [{"name": s.name, "state": s.state} for s in npu_compat.status()],
-        "compiles": [e.as_dict() for e in audit.entries],
-    }
-
-
-def write_report(path=None):
-    """Append one JSON line to ``path`` (default NPU_COMPAT_REPORT).  Never raises.
-
-    One ``write`` of one line to a file opened with O_APPEND, under an
-    exclusive ``flock``: lines of many ranks writing at once never interleave.
-    """
-    path = path or os.environ.get("NPU_COMPAT_REPORT", "").strip()
-    if not path:
-        return False
-    try:
-        import json
-
-        line = (json.dumps(record(), default=str, sort_keys=True) + "\n").encode()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            try:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except Exception:
-                pass
-            view = memoryview(line)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-        finally:
-            os.close(fd)
-        return True
-    except Exception as exc:
-        _log.warning("npu_compat: cannot write NPU_COMPAT_REPORT=%s: %s: %s", _log.short(path), type(exc).__name__, exc)
-        return False

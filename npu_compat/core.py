@@ -468,7 +468,9 @@ def _npu_setup(gen):
             if _state.interceptor is None:
                 _state.interceptor = audit.Interceptor(torch, watched, _eager_reason)
                 _state.interceptor.install()
-            audit.register_report()
+            from npu_compat import reportfile
+
+            reportfile.register_report()
 
             def found(holder, attr, fn):
                 eager = _wrappers.eager_of(fn) if _wrappers.is_compiled(fn) else None
