@@ -49,6 +49,7 @@ NEEDS_TORCH = [
     "tests/test_hook.py",
     "tests/test_real_guards.py",
     "tests/test_reportfile.py",
+    "tests/test_walk_robust.py",
     "tests/test_core.py::test_npu_prefix_hook_before_import_applies_and_compiles_nothing",
     "tests/test_core.py::test_npu_prefix_target_imported_first_then_npu_compat",
     "tests/test_core.py::test_off_npu_every_attribute_is_upstreams_own",

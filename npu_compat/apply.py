@@ -17,7 +17,7 @@ import sys
 from bisect import bisect_right
 from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, is_, methodcaller
-from types import FunctionType
+from types import FunctionType, ModuleType
 
 from npu_compat import NpuCompatError, _env, _log, _wrappers
 
@@ -89,7 +89,7 @@ def rewrap(stored, fn):
 
 def put(holder, attr, value):
     setattr(holder, attr, value)
-    now = (vars(holder) if isinstance(holder, type) else holder.__dict__).get(attr, MISSING)
+    now = (_type_dict(holder) if _is_type_subclass(type(holder)) else _module_dict(holder)).get(attr, MISSING)
     if now is not value:
         raise RuntimeError(f"setting {attr} did not take effect")
 
@@ -229,11 +229,34 @@ def _decide_guard(rec, holder, attr, stored, current, kind, swaps):
 
 
 def package_modules(packages):
-    """The loaded modules of ``packages`` (their names' top level), in load order."""
+    """The loaded modules of ``packages`` (their names' top level), in load order.
+
+    Only real module objects under string names: anything else a package put
+    in ``sys.modules`` (a config object, a proxy) is skipped, and is never
+    asked for an attribute.
+    """
     out = []
     for name, mod in list(sys.modules.items()):
-        if mod is not None and name.partition(".")[0] in packages:
+        if type(name) is str and name.partition(".")[0] in packages and _is_module(type(mod)):
             out.append(mod)
+    return out
+
+
+def modules_since(module, packages):
+    """The loaded modules of ``packages`` that entered ``sys.modules`` after ``module`` did.
+
+    ``sys.modules`` keeps insertion order and a module is put there before it
+    executes: these are the modules imported while ``module`` was executing
+    (or later), the only ones that can hold a binding of what it defined
+    before its post-import hook ran.
+    """
+    out, after = [], False
+    for name, mod in list(sys.modules.items()):
+        if mod is module:
+            after = True
+        elif after and type(name) is str and name.partition(".")[0] in packages:
+            if _is_module(type(mod)):
+                out.append(mod)
     return out
 
 
@@ -241,6 +264,8 @@ def package_modules(packages):
 # activation walks ~30,000 module attributes, and isinstance() could consult
 # a foreign object's __class__ (a lazy-import proxy may import on that).
 _is_type_subclass = type.__dict__["__subclasscheck__"].__get__(type)
+_is_module = type.__dict__["__subclasscheck__"].__get__(ModuleType)  # on type(x): no foreign __class__
+_type_qualname = type.__dict__["__qualname__"].__get__
 _code_of = attrgetter("__code__")
 
 
@@ -251,23 +276,41 @@ _values = methodcaller("values")  # a dict's or a class's mappingproxy's
 def _collect(modules):
     """Every value of ``modules`` and of the classes they define, with its type and holder.
 
-    Built with C-level passes only: no Python call per value.
+    Dictionaries are read through the descriptors of ``ModuleType`` and
+    ``type`` themselves, never through the object (a metaclass may define
+    ``__getattribute__``).  An entry that cannot be read so (not a real
+    module or class, a name that is not a string) is skipped on its own:
+    the rest are still walked.  The values themselves are gathered with
+    C-level passes only.
     """
-    holders = [(m, m.__dict__) for m in modules if type(getattr(m, "__dict__", None)) is dict]
+    holders, names = [], set()
+    for m in modules:
+        d = _module_dict(m) if _is_module(type(m)) else None
+        name = d.get("__name__") if type(d) is dict else None
+        if type(name) is str:  # exact str: hashing it runs no foreign __hash__
+            holders.append((m, d))
+            names.add(name)
     values = list(chain.from_iterable(map(_values, [d for _, d in holders])))
     types = list(map(type, values))
-    names = {m.__name__ for m, _ in holders}
     nmod = len(holders)
     classes = list(compress(values, map(_is_type_subclass, types)))
     for cls in dict(zip(map(id, classes), classes)).values():  # each class once, by identity
-        cd = cls.__dict__
-        if cd.get("__module__") in names:
+        try:
+            cd = _type_dict(cls)
+        except Exception:
+            continue
+        owner = cd.get("__module__")
+        if type(owner) is str and owner in names:
             holders.append((cls, cd))
     more = list(chain.from_iterable(map(_values, [d for _, d in holders[nmod:]])))
     values += more
     types += map(type, more)
     ends = list(accumulate(map(len, [d for _, d in holders])))
     return holders, values, types, ends
+
+
+_module_dict = ModuleType.__dict__["__dict__"].__get__  # the module's own dict, whatever its class says
+_type_dict = type.__dict__["__dict__"].__get__  # a class's own mappingproxy, past any metaclass
 
 
 def _keys_of(d, value):
@@ -348,14 +391,19 @@ def walk(modules, swaps, found=None, codes=None):
     for i in sorted(at):
         holder, d = holders[bisect_right(ends, i)]
         for key in _keys_of(d, values[i]):
-            pairs[(id(holder), key)] = (holder, key, values[i])
+            if type(key) is str:  # a non-string key is no attribute (and could hash foreign code)
+                pairs[(id(holder), key)] = (holder, key, values[i])
     for holder, key, value in pairs.values():
         fn = value.__func__ if type(value) in _DESCRIPTORS else value
         if type(fn) is not FunctionType:
             continue
         pair = eager.get(id(fn))
         if pair is None and found is not None and orig in fn.__dict__:
-            new = found(holder, key, fn)
+            try:
+                new = found(holder, key, fn)
+            except Exception as exc:  # one odd binding: skip it, walk the rest
+                _log.debug("npu_compat: walk: skipped %s: %s: %s", key, type(exc).__name__, exc)
+                continue
             if new is not None:
                 swaps.add(fn, new)
                 pair = (fn, new)
@@ -365,7 +413,7 @@ def walk(modules, swaps, found=None, codes=None):
         try:
             put(holder, key, replacement)
         except Exception as exc:
-            _log.warning("npu_compat: could not rewire %s.%s: %s", getattr(holder, "__name__", "?"), key, exc)
+            _log.warning("npu_compat: could not rewire %s.%s: %s", _holder_name(holder), key, exc)
             continue
         swaps.rewired.append((holder, key, value, replacement))
         n += 1
@@ -373,6 +421,17 @@ def walk(modules, swaps, found=None, codes=None):
 
 
 _FUNCTIONS = frozenset((FunctionType, staticmethod, classmethod))
+
+
+def _holder_name(holder):
+    try:
+        if _is_type_subclass(type(holder)):
+            name = _type_qualname(holder)
+        else:
+            name = _module_dict(holder).get("__name__")
+    except Exception:
+        name = None
+    return name if type(name) is str else "?"
 
 
 def restore(swaps):

@@ -419,13 +419,7 @@ def _on_import(module, gen=None):
                 # Bindings made before the hook fired: the module's own and, when it has
                 # just executed, those of modules still executing (a circular import).
                 # A module found already loaded is covered by _npu_setup's walk.
-                mods = [module]
-                if not _registering.active:
-                    mods += [
-                        m
-                        for m in apply.package_modules(npu_compat.WATCHED_PACKAGES)
-                        if m is not module and _initializing(m)
-                    ]
+                mods = [module] + ([] if _registering.active else _bound_meanwhile(module))
                 apply.walk(mods, _state.swaps, codes=_state.codes)
     except NpuCompatError:
         raise
@@ -434,6 +428,20 @@ def _on_import(module, gen=None):
             _log.warning("npu_compat: post-import hook failed: %s: %s", type(exc).__name__, exc)
         except Exception:
             pass
+
+
+def _bound_meanwhile(module):
+    """The modules that can hold a binding ``module`` made before its hook ran.
+
+    Those still executing (``module`` was imported from inside them: a
+    circular import) and those imported while it executed (an import at its
+    bottom binds its names elsewhere before wrapt's hook fires).
+    """
+    watched = npu_compat.WATCHED_PACKAGES
+    mods = [m for m in apply.package_modules(watched) if m is not module and _initializing(m)]
+    seen = set(map(id, mods))
+    mods += [m for m in apply.modules_since(module, watched) if id(m) not in seen]
+    return mods
 
 
 def _made_eager_at_definition(rec, outcome):
