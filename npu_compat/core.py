@@ -197,7 +197,32 @@ def _module_hook(module, gen):
 
 
 def _device_hook(module, gen):
+    _reevaluate_off_npu(gen)
     _npu_setup(gen)
+
+
+def _reevaluate_off_npu(gen):
+    """torch_npu loaded after the targets (torch < 2.5, TORCH_DEVICE_BACKEND_AUTOLOAD=0):
+    the records decided ``not-needed`` then are decided again, now on NPU.
+
+    Before :func:`_npu_setup`, whose walk then rewires every other binding.
+    """
+    try:
+        if not device.is_npu():
+            return
+        with _light.lock:
+            if not _light.active or gen != _light.generation:
+                return
+            names = {p.module for p in records() if getattr(_state.outcomes.get(p.name), "state", None) == NOT_NEEDED}
+        for name in sorted(names):
+            module = sys.modules.get(name)
+            if module is not None and not _initializing(module):
+                _log.debug("npu_compat: %s: decided off NPU before torch_npu loaded; deciding again", name)
+                _on_import(module, gen)
+    except NpuCompatError:
+        raise
+    except Exception as exc:
+        _log.warning("npu_compat: re-deciding after torch_npu loaded failed: %s: %s", type(exc).__name__, exc)
 
 
 def _arm(module_name, action):

@@ -131,3 +131,35 @@ report.emit(site=_wrappers.kind(vars(utils)[name]), late=_wrappers.kind(vars(lat
     assert r["states"]["rotary-apply-native"] == "applied"
     assert r["site"] == "plain" and r["late"] == "plain" and r["same"] is True
     assert r["kernel"] == "plain"
+
+
+def test_records_decided_before_torch_npu_loaded_are_decided_again_on_npu(tmp_path):
+    # torch < 2.5 or TORCH_DEVICE_BACKEND_AUTOLOAD=0: torch_npu is imported
+    # after sglang's modules; they were decided not-needed then.
+    root = make_tree(tmp_path)
+    pkg = tmp_path / "tree" / "sglang" / "srt" / "layers" / "rotary_embedding"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "utils.py").write_text(textwrap.dedent(BOTTOM))
+    (pkg / "late_user.py").write_text(textwrap.dedent(LATE_USER))
+    (tmp_path / "tree" / "torch_npu").mkdir()
+    (tmp_path / "tree" / "torch_npu" / "__init__.py").write_text("from support import fake_npu\nfake_npu.install()\n")
+    _, r = run_py(
+        """
+import torch, npu_compat
+import sglang.srt.layers.rotary_embedding.utils as utils
+import sglang.srt.layers.rotary_embedding.late_user as late
+from npu_compat import _wrappers
+from support import report
+name = "apply_rotary_pos_emb_native"
+before = report.all_states()["rotary-apply-native"]
+import torch_npu
+report.emit(before=before, after=report.all_states()["rotary-apply-native"], site=_wrappers.kind(vars(utils)[name]),
+            late=_wrappers.kind(vars(late)[name]), kernel=_wrappers.kind(vars(late.Holder)["kernel"].__func__),
+            npu=npu_compat.is_npu())
+""",
+        tree=root,
+    )
+    assert r["before"] == "not-needed" and r["npu"] is True
+    assert r["after"] == "applied"
+    assert (r["site"], r["late"], r["kernel"]) == ("plain", "plain", "plain")
