@@ -182,12 +182,32 @@ def _decide_patch(rec, holder, attr, stored, current, kind, swaps, ours):
     )  # fmt: skip
 
 
+def _every_compile_disabled_on_npu(code):
+    """Upstream's own guard, read from the bytecode: as many ``disable=`` keywords as ``compile``
+    lookups, and an NPU flag (``_is_npu``, ``is_npu``) among the names the function reads."""
+    import dis
+
+    compiles = disables = 0
+    for ins in dis.get_instructions(code):
+        if ins.argval == "compile" and ins.opname.startswith("LOAD_"):
+            compiles += 1
+        elif ins.opname in ("KW_NAMES", "LOAD_CONST"):
+            # the keyword names of a call: KW_NAMES (3.11, 3.12; its argval is an index in 3.11),
+            # a constant tuple before CALL_FUNCTION_KW (3.10) or CALL_KW (3.13)
+            names = code.co_consts[ins.arg] if ins.opname == "KW_NAMES" and type(ins.argval) is not tuple else ins.argval
+            disables += type(names) is tuple and "disable" in names
+    npu_flag = any("is_npu" in name for name in code.co_names)
+    return compiles > 0 and disables >= compiles and npu_flag
+
+
 def _decide_calls(rec, stored, current):
     code = getattr(current, "__code__", None) if type(current) is FunctionType else None
     if code is None:
         return Outcome(INCOMPATIBLE, f"{rec.target} is not a Python function: left as it is", stored)
     if "compile" not in code.co_names:
         return Outcome(UPSTREAM_FIXED, f"{rec.qualname} calls no torch.compile here", stored)
+    if _every_compile_disabled_on_npu(code):
+        return Outcome(UPSTREAM_FIXED, f"every torch.compile call in {rec.qualname} passes disable=_is_npu here", stored)
     return Outcome(
         APPLIED,
         f"torch.compile calls inside {rec.qualname} run eagerly on NPU (disable=True, as {rec.upstream})",
