@@ -642,6 +642,41 @@ def _top_installed(module_name):
         return True
 
 
+def _no_such_module(module_name):
+    """True when the installed package has no file for ``module_name``: a look at the files, no import.
+
+    The top-level package is found with PathFinder (or its ``__path__`` when
+    loaded); below it, each part is looked for in the directories of the
+    part above (``name.py`` or another module suffix, or a ``name/``
+    directory).  Any doubt (an entry that is not a directory, such as a zip
+    archive) is "it may exist" (False): the record then waits as ``pending``.
+    """
+    import os
+    from importlib.machinery import PathFinder, all_suffixes
+
+    top, *rest = module_name.split(".")
+    try:
+        loaded = sys.modules.get(top)
+        dirs = vars(loaded).get("__path__") if loaded is not None else None
+        if dirs is None:
+            spec = PathFinder.find_spec(top)
+            dirs = spec.submodule_search_locations if spec is not None else None
+        if dirs is None:
+            return False  # not a package we can look into: not-installed is decided elsewhere
+        dirs = [d for d in list(dirs) if isinstance(d, str)]
+        for i, part in enumerate(rest):
+            if not dirs or not all(os.path.isdir(d) for d in dirs):
+                return False
+            if i == len(rest) - 1 and any(os.path.isfile(os.path.join(d, part + x)) for d in dirs for x in all_suffixes()):
+                return False
+            dirs = [os.path.join(d, part) for d in dirs if os.path.isdir(os.path.join(d, part))]
+            if not dirs:
+                return True
+        return False
+    except Exception:
+        return False
+
+
 def status():
     """Live state of every record: a tuple of :class:`PatchStatus`.
 
@@ -667,10 +702,12 @@ def status():
         elif not active:
             state, reason = INACTIVE, "npu_compat is not active in this process"
         elif mod is None:
-            if _top_installed(p.module):
-                state, reason = PENDING, f"waiting for {p.module} to be imported"
-            else:
+            if not _top_installed(p.module):
                 state, reason = NOT_INSTALLED, f"{p.module.partition('.')[0]} is not installed"
+            elif _no_such_module(p.module):
+                state, reason = ABSENT, f"the installed {p.module.partition('.')[0]} has no module {p.module}"
+            else:
+                state, reason = PENDING, f"waiting for {p.module} to be imported"
         elif outcome is None:
             why = "another thread's import of it is under way" if p.module in waiting else "not evaluated yet"
             state, reason = PENDING, f"{p.module} is imported but {why}"
