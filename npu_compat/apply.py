@@ -173,7 +173,7 @@ def _decide_patch(rec, holder, attr, stored, current, kind, swaps, ours):
     replacement = torch.compile(ours, disable=True, **rec.compile_kwargs)
     put(holder, attr, replacement)
     swaps.add(current, replacement)
-    _log.info("npu_compat: %s now runs eagerly on NPU (own implementation, %s)", rec.target, rec.upstream)
+    _log.debug("npu_compat: %s now runs eagerly on NPU (own implementation, %s)", rec.target, rec.upstream)
     what = "torch.compile'd" if kind == _wrappers.COMPILED else f"{kind} object"
     return Outcome(
         APPLIED,
@@ -237,7 +237,7 @@ def _decide_guard(rec, holder, attr, stored, current, kind, swaps):
     replacement = rewrap(stored, eager)
     put(holder, attr, replacement)
     swaps.add(current, eager)
-    _log.info("npu_compat: %s now runs eagerly on NPU (guard %s, as %s)", rec.target, rec.name, rec.upstream)
+    _log.debug("npu_compat: %s now runs eagerly on NPU (guard %s, as %s)", rec.target, rec.name, rec.upstream)
     return Outcome(
         APPLIED,
         f"the compiled {rec.qualname} was replaced by its own eager function (disable=is_npu(), as {rec.upstream})",

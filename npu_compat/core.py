@@ -166,10 +166,35 @@ def arm_package(package):
         return
     for mod in mods:
         _arm(mod, _module_hook)
+    _say_loaded(package, mods)
     if device.decided_not_npu():
         return  # off NPU for sure: nothing to watch torch for
     for mod in ("torch", "torch_npu"):
         _arm(mod, _device_hook)
+
+
+def _say_loaded(package, mods):
+    _log.info(
+        "npu_compat %s: active in this process (route %s); %d records watch %d %s modules",
+        npu_compat.__version__, npu_compat.route(), len(records()), len(mods), package,
+    )  # fmt: skip
+    _log.debug("npu_compat: post-import hooks on %s", ", ".join(mods) or "no module")
+
+
+_said_device = None  # the last (is_npu, reason) logged
+
+
+def _say_device(npu, why):
+    global _said_device
+    if _said_device != (npu, why):
+        _said_device = (npu, why)
+        _log.info("npu_compat: device: %s (%s)", "NPU" if npu else "not an NPU: nothing in sglang is changed", why)
+
+
+def _say_decisions(decided):
+    for rec, before, outcome in decided:
+        if before is None or (before.state, before.reason) != (outcome.state, outcome.reason):
+            _log.info("npu_compat: %s: %s: %s (%s)", rec.name, outcome.state, outcome.reason, rec.target)
 
 
 class _Registering:
@@ -199,6 +224,12 @@ def _module_hook(module, gen):
 def _device_hook(module, gen):
     _reevaluate_off_npu(gen)
     _npu_setup(gen)
+    if _state.walk_ms is not None and _state.npu_ready == gen:
+        _say_device(*device.detect())
+        _log.debug(
+            "npu_compat: on NPU: torch.compile calls by sglang are audited; the walk of the loaded sglang "
+            "modules took %.1f ms (%d compiled functions seen)", _state.walk_ms, len(compiles()),
+        )  # fmt: skip
 
 
 def _reevaluate_off_npu(gen):
@@ -403,6 +434,8 @@ def _on_import(module, gen=None):
             return
         # Outside the lock: detection may import torch, an implementation imports torch.
         npu, why = device.detect()
+        _say_device(npu, why)
+        decided = []
         impls = {}
         if npu:
             for rec in recs:
@@ -440,12 +473,15 @@ def _on_import(module, gen=None):
                     _state.originals[(rec.module, rec.qualname)] = outcome.seen
                     applied = True
                 _state.outcomes[rec.name] = outcome
+                decided.append((rec, before, outcome))
             if applied:
-                # Bindings made before the hook fired: the module's own and, when it has
-                # just executed, those of modules still executing (a circular import).
-                # A module found already loaded is covered by _npu_setup's walk.
+                # Bindings made before the hook fired: the module's own, those of modules
+                # still executing (a circular import) and of modules imported while it
+                # executed.  A module found already loaded is covered by _npu_setup's walk.
                 mods = [module] + ([] if _registering.active else _bound_meanwhile(module))
-                apply.walk(mods, _state.swaps, codes=_state.codes)
+                n = apply.walk(mods, _state.swaps, codes=_state.codes)
+                _log.debug("npu_compat: %s: %d other bindings rewired in %d modules", name, n, len(mods) - 1)
+        _say_decisions(decided)
     except NpuCompatError:
         raise
     except Exception as exc:  # never fail the host's import
