@@ -55,6 +55,8 @@ NEEDS_TORCH = [
     "tests/test_core.py::test_off_npu_every_attribute_is_upstreams_own",
     "tests/test_core.py::test_npu_other_upstream_states",
     "tests/test_core.py::test_strict_turns_incompatible_into_a_clear_error",
+    "tests/test_core.py::test_strict_errors_name_the_value_that_turned_it_on",
+    "tests/test_core.py::test_a_mistyped_strict_value_warns_when_npu_compat_arms",
     "tests/test_core.py::test_target_import_error_reaches_the_importer_unchanged",
     "tests/test_core.py::test_disabled_does_nothing",
     "tests/test_core.py::test_disable_one_patch_by_name",

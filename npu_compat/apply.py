@@ -128,7 +128,7 @@ def _incompatible(rec, fn):
         rec.target, rec.qualname, ", ".join(rec.params), _sig_text(fn, names),
     )  # fmt: skip
     if _env.strict():
-        raise NpuCompatError(f"npu_compat: {reason} (NPU_COMPAT_STRICT=1)")
+        raise NpuCompatError(f"npu_compat: {reason} {_env.strict_note()}")
     return reason
 
 
@@ -226,7 +226,7 @@ def _decide_guard(rec, holder, attr, stored, current, kind, swaps):
         reason = f"{rec.target} is a {type(current).__name__}, not a compiled function: left as it is"
         _log.warning("npu_compat: %s", reason)
         if _env.strict():
-            raise NpuCompatError(f"npu_compat: {reason} (NPU_COMPAT_STRICT=1)")
+            raise NpuCompatError(f"npu_compat: {reason} {_env.strict_note()}")
         return Outcome(INCOMPATIBLE, reason, stored)
     eager = _wrappers.eager_of(current)
     if eager is None:

@@ -151,10 +151,11 @@ def _opted_in():
 def arm_package(package):
     """Hook up every target module inside ``package`` (called once it starts to load)."""
     _, errors = registry.load()
+    _env.check_at_activation(r.name for r in records())
     for err in errors:
         _log.warning_once(("registry", err), "npu_compat: %s", err)
     if errors and _env.strict():
-        raise NpuCompatError(f"npu_compat: bad patch registry: {'; '.join(errors)} (NPU_COMPAT_STRICT=1)")
+        raise NpuCompatError(f"npu_compat: bad patch registry: {'; '.join(errors)} {_env.strict_note()}")
     mods = []
     for rec in records():
         if rec.module.partition(".")[0] == package and rec.module not in mods:
@@ -404,7 +405,7 @@ def _fail_modules(module_names, reason):
     what = ", ".join(module_names)
     _log.warning("npu_compat: cannot patch %s: %s", what, reason)
     if _env.strict():
-        raise NpuCompatError(f"npu_compat: cannot patch {what}: {reason} (NPU_COMPAT_STRICT=1)")
+        raise NpuCompatError(f"npu_compat: cannot patch {what}: {reason} {_env.strict_note()}")
 
 
 # --- deciding and applying -----------------------------------------------------------------
@@ -421,7 +422,7 @@ def _failed(rec, exc):
     reason = f"{type(exc).__name__}: {exc}"
     _log.warning("npu_compat: patching %s failed: %s", rec.target, reason)
     if _env.strict():
-        raise NpuCompatError(f"npu_compat: patching {rec.target} failed: {reason} (NPU_COMPAT_STRICT=1)") from exc
+        raise NpuCompatError(f"npu_compat: patching {rec.target} failed: {reason} {_env.strict_note()}") from exc
     return Outcome(FAILED, reason)
 
 

@@ -159,6 +159,39 @@ report.emit(err=err)
     assert "_gather_spec_extras" in r["err"] and "NPU_COMPAT_STRICT=1" in r["err"]
 
 
+def test_strict_errors_name_the_value_that_turned_it_on(tree):
+    _, r = run_py(
+        NPU
+        + """
+import npu_compat
+from support import report
+try:
+    import sglang.srt.managers.overlap_utils
+    err = None
+except npu_compat.NpuCompatError as exc:
+    err = str(exc)
+report.emit(err=err)
+""",
+        tree=tree("changed_signature"),
+        env={"NPU_COMPAT_STRICT": " true"},
+    )
+    assert r["err"] is not None and r["err"].endswith("(NPU_COMPAT_STRICT=true)"), r["err"]
+
+
+def test_a_mistyped_strict_value_warns_when_npu_compat_arms(tree):
+    # Before, NPU_COMPAT_STRICT=maybe was read only when a patch failed: a CI with the typo stayed green.
+    proc, r = run_py(
+        "import npu_compat\nimport sglang.srt.managers.overlap_utils\nfrom support import report\n"
+        "report.emit(states=report.states())\n",
+        tree=tree("prefix"),
+        env={"NPU_COMPAT_STRICT": "maybe", "NPU_COMPAT_DEVICE": "cpu"},
+    )
+    assert set(r["states"].values()) == {"not-needed"}
+    assert proc.stderr.splitlines() == [
+        "NPU_COMPAT_STRICT='maybe' is not understood (use 1 or 0); treating it as 0"
+    ], proc.stderr
+
+
 def test_target_import_error_reaches_the_importer_unchanged(tree):
     code = """
 import sys
