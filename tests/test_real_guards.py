@@ -134,6 +134,7 @@ def test_registry_guards_on_simulated_npu(version, route):
     # its module is not loaded here; 0.5.13 has none
     assert r["states"]["hyperconnection-compute"] == ("pending" if version == "0.5.23" else "absent")
     assert r["states"]["overlap-assert-nonneg"] == "upstream-fixed"
+    assert r["states"]["overlap-gather-spec-extras"] == "absent"
     assert r["left"] == []  # no binding of a guarded site is still compiled, in any loaded module
     assert r["same"] is True  # rope_variant's own binding is the very eager function
     assert r["calls"] == {"rotary": True, "llama4": True}
