@@ -117,7 +117,7 @@ def records():
             continue
         extra.append(
             registry.Guard(
-                name=f"eager:{mod}:{qual}".lower(),
+                name=f"eager:{mod}:{qual}",  # the site as the user wrote it, case kept
                 module=mod,
                 qualname=qual,
                 scope="auto",

@@ -55,7 +55,8 @@ class _Record:
         for f in self._TEXT:
             if not isinstance(getattr(self, f), str) or not getattr(self, f):
                 return f"field {f!r} must be a non-empty string"
-        if self.name != self.name.lower():
+        if self.name != self.name.lower() and not self.name.startswith("eager:"):
+            # NPU_COMPAT_EAGER's own sites ("eager:module:qualname") keep the case of the site
             return f"name {self.name!r} must be lower-case"
         if not all(p.isidentifier() for p in self.module.split(".")):
             return f"module {self.module!r} is not a dotted name"
