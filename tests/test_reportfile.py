@@ -10,8 +10,10 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import TESTS, clean_env
+from conftest import TESTS, clean_env, record_cases
 from test_guards import make_tree
+
+REPORT = "report file: never blocks, never leaves a torn line, path fixed at activation"
 
 CHILD = """
 import sys, npu_compat
@@ -49,6 +51,7 @@ def test_a_fifo_whose_reader_left_never_hangs_the_process(tmp_path):
         assert proc.returncode == 0, proc.stderr
         (line,) = warnings(proc)
         assert "not a regular file" in line, proc.stderr
+    record_cases(REPORT, 2)
 
 
 def test_a_directory_is_refused_with_one_warning(tmp_path):
@@ -78,6 +81,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 40}, resource.getrlimit(resou
     assert after.returncode == 0 and not warnings(after), after.stderr
     lines = report.read_text().splitlines()
     assert len(lines) == 2 and [type(json.loads(x)) for x in lines] == [dict, dict]
+    record_cases(REPORT, 1)
 
 
 def test_an_unterminated_line_left_by_someone_else_does_not_swallow_this_one(tmp_path):
@@ -88,6 +92,7 @@ def test_an_unterminated_line_left_by_someone_else_does_not_swallow_this_one(tmp
     lines = report.read_text().splitlines()
     assert lines[:2] == ['{"earlier": 1}', '{"killed mid-wri']
     assert json.loads(lines[2])["pid"] > 0
+    record_cases(REPORT, 1)
 
 
 def test_a_relative_path_is_resolved_at_activation_not_at_exit(tmp_path):
@@ -99,6 +104,7 @@ def test_a_relative_path_is_resolved_at_activation_not_at_exit(tmp_path):
     assert not (later / "audit.jsonl").exists()
     (rec,) = [json.loads(x) for x in (start / "audit.jsonl").read_text().splitlines()]
     assert rec["argv"][0] == "-c"
+    record_cases(REPORT, 1)
 
 
 def test_the_line_carries_format_host_and_ranks(tmp_path):

@@ -7,7 +7,7 @@ class attributes in ``user``).
 
 import textwrap
 
-from conftest import run_py
+from conftest import record_cases, run_py
 from test_guards import NPU, make_tree
 
 SITE = "sglang.srt.layers.rope:rope"
@@ -82,6 +82,7 @@ report.emit(user=_wrappers.kind(vars(user_mod)["rope"]), direct=_wrappers.kind(v
     assert r["touched"] == []  # nothing foreign was asked for an attribute, a hash or an equality
     assert any(w.startswith("sglang.srt.layers.rope:Rotary") for w in r["found"]), r["found"]
     assert "WARNING" not in proc.stderr and "failed" not in proc.stderr, proc.stderr
+    record_cases("late walk: odd sys.modules entries and classes skipped one by one", 6)
 
 
 # A registry guard (rotary-apply-native): compiled where it is defined, swapped
@@ -131,6 +132,7 @@ report.emit(site=_wrappers.kind(vars(utils)[name]), late=_wrappers.kind(vars(lat
     assert r["states"]["rotary-apply-native"] == "applied"
     assert r["site"] == "plain" and r["late"] == "plain" and r["same"] is True
     assert r["kernel"] == "plain"
+    record_cases("early activation: bindings made while the guarded module executed", 1)
 
 
 def test_records_decided_before_torch_npu_loaded_are_decided_again_on_npu(tmp_path):
@@ -163,3 +165,4 @@ report.emit(before=before, after=report.all_states()["rotary-apply-native"], sit
     assert r["before"] == "not-needed" and r["npu"] is True
     assert r["after"] == "applied"
     assert (r["site"], r["late"], r["kernel"]) == ("plain", "plain", "plain")
+    record_cases("torch_npu loaded late: not-needed decided again", 1)
