@@ -78,8 +78,7 @@ NEEDS_TORCH = [
     "tests/test_reliability.py::test_looking_sglang_up_imports_nothing_and_arms_nothing",
     "tests/test_reliability.py::test_status_keeps_reporting_an_applied_patch_after_the_setting_changes",
     "tests/test_log.py::test_the_patch_decision_is_visible_without_configuring_logging",
-    "tests/test_log.py::test_info_shows_per_process_that_it_loaded_the_device_and_every_decision",
-    "tests/test_log.py::test_debug_adds_the_detail",
+    "tests/test_log.py::test_debug_on_npu_names_each_replacement_and_the_walk",
 ]
 NOT_A_LEG = ["--ignore-glob=tests/test_real_*.py"]  # the real-sglang tests: see the module docstring
 

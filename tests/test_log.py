@@ -98,7 +98,7 @@ report.emit(states=report.states())
 
 def test_info_shows_per_process_that_it_loaded_the_device_and_every_decision(tree):
     # Off NPU: not-needed and disabled are decisions too, and say so (before, only `applied` logged).
-    proc, r = run_py(DECIDE, tree=tree("prefix"), env={
+    proc, r = run_py(DECIDE, tree=tree("light"), env={
         "NPU_COMPAT_LOG_LEVEL": "info", "NPU_COMPAT_DEVICE": "cpu", "NPU_COMPAT_DISABLE": "overlap-gather-spec-extras"})
     out = [line.split("] ", 1)[1] for line in lines(proc)]
     assert all(line.startswith("npu_compat INFO [pid ") for line in lines(proc)), proc.stderr
@@ -114,10 +114,17 @@ def test_info_shows_per_process_that_it_loaded_the_device_and_every_decision(tre
 
 
 def test_debug_adds_the_detail(tree):
-    proc, _ = run_py(DECIDE, tree=tree("prefix"), env={"NPU_COMPAT_LOG_LEVEL": "debug", "NPU_COMPAT_DEVICE": "npu"})
+    proc, _ = run_py(DECIDE, tree=tree("light"), env={"NPU_COMPAT_LOG_LEVEL": "debug", "NPU_COMPAT_DEVICE": "cpu"})
     debug = [line.split("] ", 1)[1] for line in lines(proc) if line.startswith("npu_compat DEBUG")]
     assert any(line.startswith("post-import hooks on sglang.srt.managers.overlap_utils") for line in debug), debug
-    assert any("now runs eagerly on NPU" in line for line in debug), debug
+    info = [line for line in lines(proc) if line.startswith("npu_compat INFO")]
+    assert sum(": not-needed: " in line for line in info) == 2, info
+
+
+def test_debug_on_npu_names_each_replacement_and_the_walk(tree):
+    proc, _ = run_py(DECIDE, tree=tree("prefix"), env={"NPU_COMPAT_LOG_LEVEL": "debug", "NPU_COMPAT_DEVICE": "npu"})
+    debug = [line.split("] ", 1)[1] for line in lines(proc) if line.startswith("npu_compat DEBUG")]
+    assert sum("now runs eagerly on NPU" in line for line in debug) == 2, debug
     assert any("the walk of the loaded sglang modules took" in line for line in debug), debug
     info = [line for line in lines(proc) if line.startswith("npu_compat INFO")]
     assert sum(": applied: " in line for line in info) == 2, info
