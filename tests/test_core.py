@@ -67,11 +67,13 @@ report.emit(before=before, after=report.describe(m), states=report.states())
     assert r["before"] == {"_assert_nonneg_and_invalidate": "compiled", "_gather_spec_extras": "compiled"}
     assert r["after"] == {"_assert_nonneg_and_invalidate": "ours", "_gather_spec_extras": "ours"}
     assert set(r["states"].values()) == {"applied"}
-    # one INFO line per helper, naming it and the upstream PR, however often activated
+    # one INFO decision line per helper, naming it and the upstream PR, however often activated
     info = [line for line in proc.stderr.splitlines() if line.startswith("INFO:npu_compat")]
-    assert len(info) == 2, proc.stderr
-    assert all("PR #26403" in line for line in info)
-    assert any("_gather_spec_extras" in line for line in info)
+    applied = [line for line in info if ": applied: " in line]
+    assert len(applied) == 2, proc.stderr
+    assert all("PR #26403" in line for line in applied)
+    assert any("_gather_spec_extras" in line for line in applied)
+    assert sum(": active in this process" in line for line in info) == 1, proc.stderr
 
 
 @pytest.mark.parametrize("order", ["npu_compat-first", "target-first"])
