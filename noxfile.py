@@ -49,11 +49,15 @@ NEEDS_TORCH = [
     "tests/test_hook.py",
     "tests/test_real_guards.py",
     "tests/test_audit_cli.py::test_audit_of_real_processes_at_once_plus_bad_lines",
+    "tests/test_reportfile.py",
+    "tests/test_walk_robust.py",
     "tests/test_core.py::test_npu_prefix_hook_before_import_applies_and_compiles_nothing",
     "tests/test_core.py::test_npu_prefix_target_imported_first_then_npu_compat",
     "tests/test_core.py::test_off_npu_every_attribute_is_upstreams_own",
     "tests/test_core.py::test_npu_other_upstream_states",
     "tests/test_core.py::test_strict_turns_incompatible_into_a_clear_error",
+    "tests/test_core.py::test_strict_errors_name_the_value_that_turned_it_on",
+    "tests/test_core.py::test_a_mistyped_strict_value_warns_when_npu_compat_arms",
     "tests/test_core.py::test_target_import_error_reaches_the_importer_unchanged",
     "tests/test_core.py::test_disabled_does_nothing",
     "tests/test_core.py::test_disable_one_patch_by_name",
@@ -75,6 +79,7 @@ NEEDS_TORCH = [
     "tests/test_reliability.py::test_looking_sglang_up_imports_nothing_and_arms_nothing",
     "tests/test_reliability.py::test_status_keeps_reporting_an_applied_patch_after_the_setting_changes",
     "tests/test_log.py::test_the_patch_decision_is_visible_without_configuring_logging",
+    "tests/test_log.py::test_debug_on_npu_names_each_replacement_and_the_walk",
 ]
 NOT_A_LEG = ["--ignore-glob=tests/test_real_*.py"]  # the real-sglang tests: see the module docstring
 

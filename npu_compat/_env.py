@@ -45,6 +45,22 @@ def strict():
     return flag("NPU_COMPAT_STRICT")
 
 
+def strict_note():
+    """How the user turned strict mode on, for its errors: ``(NPU_COMPAT_STRICT=true)``."""
+    return f"(NPU_COMPAT_STRICT={_get('NPU_COMPAT_STRICT').strip()})"
+
+
+def check_at_activation(known_names=()):
+    """Read every setting once when npu_compat arms, so a mistyped value warns now.
+
+    Without this, ``NPU_COMPAT_STRICT=maybe`` was reported only when a patch
+    failed: an image's CI with a typo stayed green.
+    """
+    strict()
+    device()
+    disabled(set(known_names))
+
+
 def disabled(known_names=None):
     """Parse NPU_COMPAT_DISABLE -> (everything_disabled, names_disabled).
 

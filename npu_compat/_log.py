@@ -84,15 +84,20 @@ def _logger():
     return logger
 
 
+def _listened():
+    # Nobody could be listening when neither the host (logging not imported)
+    # nor NPU_COMPAT_LOG_LEVEL asked: then even the logging import is skipped.
+    return _setup_done or "logging" in sys.modules or bool(os.environ.get(LEVEL_VAR))
+
+
 def debug(msg, *args):
-    # Skip even the logging import when nobody could be listening: neither
-    # the host (logging not imported) nor NPU_COMPAT_LOG_LEVEL asked.
-    if _setup_done or "logging" in sys.modules or os.environ.get(LEVEL_VAR):
+    if _listened():
         _logger().debug(msg, *args)
 
 
 def info(msg, *args):
-    _logger().info(msg, *args)
+    if _listened():
+        _logger().info(msg, *args)
 
 
 def warning(msg, *args):

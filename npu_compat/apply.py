@@ -17,7 +17,7 @@ import sys
 from bisect import bisect_right
 from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, is_, methodcaller
-from types import FunctionType
+from types import FunctionType, ModuleType
 
 from npu_compat import NpuCompatError, _env, _log, _wrappers
 
@@ -89,7 +89,7 @@ def rewrap(stored, fn):
 
 def put(holder, attr, value):
     setattr(holder, attr, value)
-    now = (vars(holder) if isinstance(holder, type) else holder.__dict__).get(attr, MISSING)
+    now = (_type_dict(holder) if _is_type_subclass(type(holder)) else _module_dict(holder)).get(attr, MISSING)
     if now is not value:
         raise RuntimeError(f"setting {attr} did not take effect")
 
@@ -128,7 +128,7 @@ def _incompatible(rec, fn):
         rec.target, rec.qualname, ", ".join(rec.params), _sig_text(fn, names),
     )  # fmt: skip
     if _env.strict():
-        raise NpuCompatError(f"npu_compat: {reason} (NPU_COMPAT_STRICT=1)")
+        raise NpuCompatError(f"npu_compat: {reason} {_env.strict_note()}")
     return reason
 
 
@@ -173,7 +173,7 @@ def _decide_patch(rec, holder, attr, stored, current, kind, swaps, ours):
     replacement = torch.compile(ours, disable=True, **rec.compile_kwargs)
     put(holder, attr, replacement)
     swaps.add(current, replacement)
-    _log.info("npu_compat: %s now runs eagerly on NPU (own implementation, %s)", rec.target, rec.upstream)
+    _log.debug("npu_compat: %s now runs eagerly on NPU (own implementation, %s)", rec.target, rec.upstream)
     what = "torch.compile'd" if kind == _wrappers.COMPILED else f"{kind} object"
     return Outcome(
         APPLIED,
@@ -182,37 +182,37 @@ def _decide_patch(rec, holder, attr, stored, current, kind, swaps, ours):
     )  # fmt: skip
 
 
+def _every_compile_disabled_on_npu(code):
+    """Upstream's own guard, read from the bytecode: as many ``disable=`` keywords as ``compile``
+    lookups, and an NPU flag (``_is_npu``, ``is_npu``) among the names the function reads."""
+    import dis
+
+    compiles = disables = 0
+    for ins in dis.get_instructions(code):
+        if ins.argval == "compile" and ins.opname.startswith("LOAD_"):
+            compiles += 1
+        elif ins.opname in ("KW_NAMES", "LOAD_CONST"):
+            # the keyword names of a call: KW_NAMES (3.11, 3.12; its argval is an index in 3.11),
+            # a constant tuple before CALL_FUNCTION_KW (3.10) or CALL_KW (3.13)
+            names = code.co_consts[ins.arg] if ins.opname == "KW_NAMES" and type(ins.argval) is not tuple else ins.argval
+            disables += type(names) is tuple and "disable" in names
+    npu_flag = any("is_npu" in name for name in code.co_names)
+    return compiles > 0 and disables >= compiles and npu_flag
+
+
 def _decide_calls(rec, stored, current):
     code = getattr(current, "__code__", None) if type(current) is FunctionType else None
     if code is None:
         return Outcome(INCOMPATIBLE, f"{rec.target} is not a Python function: left as it is", stored)
     if "compile" not in code.co_names:
         return Outcome(UPSTREAM_FIXED, f"{rec.qualname} calls no torch.compile here", stored)
-    if _every_compile_passes_disable(code):
-        return Outcome(
-            UPSTREAM_FIXED,
-            f"every torch.compile call inside {rec.qualname} passes disable= already (upstream's guard)", stored,
-        )  # fmt: skip
+    if _every_compile_disabled_on_npu(code):
+        return Outcome(UPSTREAM_FIXED, f"every torch.compile call in {rec.qualname} passes disable=_is_npu here", stored)
     return Outcome(
         APPLIED,
         f"torch.compile calls inside {rec.qualname} run eagerly on NPU (disable=True, as {rec.upstream})",
         stored, stored,
     )  # fmt: skip
-
-
-def _every_compile_passes_disable(code):
-    """Whether each ``compile`` loaded in ``code`` is called with a ``disable=`` keyword (bytecode)."""
-    import dis
-
-    loads = kw = 0
-    for ins in dis.get_instructions(code):
-        if ins.argval == "compile" and ins.opname.startswith("LOAD_"):
-            loads += 1
-        elif ins.opname in ("KW_NAMES", "LOAD_CONST"):
-            names = code.co_consts[ins.arg] if ins.opname == "KW_NAMES" else ins.argval  # 3.11 dis shows none
-            if isinstance(names, tuple) and "disable" in names:
-                kw += 1
-    return loads > 0 and kw >= loads
 
 
 def _decide_guard(rec, holder, attr, stored, current, kind, swaps):
@@ -226,7 +226,7 @@ def _decide_guard(rec, holder, attr, stored, current, kind, swaps):
         reason = f"{rec.target} is a {type(current).__name__}, not a compiled function: left as it is"
         _log.warning("npu_compat: %s", reason)
         if _env.strict():
-            raise NpuCompatError(f"npu_compat: {reason} (NPU_COMPAT_STRICT=1)")
+            raise NpuCompatError(f"npu_compat: {reason} {_env.strict_note()}")
         return Outcome(INCOMPATIBLE, reason, stored)
     eager = _wrappers.eager_of(current)
     if eager is None:
@@ -237,7 +237,7 @@ def _decide_guard(rec, holder, attr, stored, current, kind, swaps):
     replacement = rewrap(stored, eager)
     put(holder, attr, replacement)
     swaps.add(current, eager)
-    _log.info("npu_compat: %s now runs eagerly on NPU (guard %s, as %s)", rec.target, rec.name, rec.upstream)
+    _log.debug("npu_compat: %s now runs eagerly on NPU (guard %s, as %s)", rec.target, rec.name, rec.upstream)
     return Outcome(
         APPLIED,
         f"the compiled {rec.qualname} was replaced by its own eager function (disable=is_npu(), as {rec.upstream})",
@@ -249,11 +249,34 @@ def _decide_guard(rec, holder, attr, stored, current, kind, swaps):
 
 
 def package_modules(packages):
-    """The loaded modules of ``packages`` (their names' top level), in load order."""
+    """The loaded modules of ``packages`` (their names' top level), in load order.
+
+    Only real module objects under string names: anything else a package put
+    in ``sys.modules`` (a config object, a proxy) is skipped, and is never
+    asked for an attribute.
+    """
     out = []
     for name, mod in list(sys.modules.items()):
-        if mod is not None and name.partition(".")[0] in packages:
+        if type(name) is str and name.partition(".")[0] in packages and _is_module(type(mod)):
             out.append(mod)
+    return out
+
+
+def modules_since(module, packages):
+    """The loaded modules of ``packages`` that entered ``sys.modules`` after ``module`` did.
+
+    ``sys.modules`` keeps insertion order and a module is put there before it
+    executes: these are the modules imported while ``module`` was executing
+    (or later), the only ones that can hold a binding of what it defined
+    before its post-import hook ran.
+    """
+    out, after = [], False
+    for name, mod in list(sys.modules.items()):
+        if mod is module:
+            after = True
+        elif after and type(name) is str and name.partition(".")[0] in packages:
+            if _is_module(type(mod)):
+                out.append(mod)
     return out
 
 
@@ -261,6 +284,8 @@ def package_modules(packages):
 # activation walks ~30,000 module attributes, and isinstance() could consult
 # a foreign object's __class__ (a lazy-import proxy may import on that).
 _is_type_subclass = type.__dict__["__subclasscheck__"].__get__(type)
+_is_module = type.__dict__["__subclasscheck__"].__get__(ModuleType)  # on type(x): no foreign __class__
+_type_qualname = type.__dict__["__qualname__"].__get__
 _code_of = attrgetter("__code__")
 
 
@@ -271,23 +296,41 @@ _values = methodcaller("values")  # a dict's or a class's mappingproxy's
 def _collect(modules):
     """Every value of ``modules`` and of the classes they define, with its type and holder.
 
-    Built with C-level passes only: no Python call per value.
+    Dictionaries are read through the descriptors of ``ModuleType`` and
+    ``type`` themselves, never through the object (a metaclass may define
+    ``__getattribute__``).  An entry that cannot be read so (not a real
+    module or class, a name that is not a string) is skipped on its own:
+    the rest are still walked.  The values themselves are gathered with
+    C-level passes only.
     """
-    holders = [(m, m.__dict__) for m in modules if type(getattr(m, "__dict__", None)) is dict]
+    holders, names = [], set()
+    for m in modules:
+        d = _module_dict(m) if _is_module(type(m)) else None
+        name = d.get("__name__") if type(d) is dict else None
+        if type(name) is str:  # exact str: hashing it runs no foreign __hash__
+            holders.append((m, d))
+            names.add(name)
     values = list(chain.from_iterable(map(_values, [d for _, d in holders])))
     types = list(map(type, values))
-    names = {m.__name__ for m, _ in holders}
     nmod = len(holders)
     classes = list(compress(values, map(_is_type_subclass, types)))
     for cls in dict(zip(map(id, classes), classes)).values():  # each class once, by identity
-        cd = cls.__dict__
-        if cd.get("__module__") in names:
+        try:
+            cd = _type_dict(cls)
+        except Exception:
+            continue
+        owner = cd.get("__module__")
+        if type(owner) is str and owner in names:
             holders.append((cls, cd))
     more = list(chain.from_iterable(map(_values, [d for _, d in holders[nmod:]])))
     values += more
     types += map(type, more)
     ends = list(accumulate(map(len, [d for _, d in holders])))
     return holders, values, types, ends
+
+
+_module_dict = ModuleType.__dict__["__dict__"].__get__  # the module's own dict, whatever its class says
+_type_dict = type.__dict__["__dict__"].__get__  # a class's own mappingproxy, past any metaclass
 
 
 def _keys_of(d, value):
@@ -368,14 +411,19 @@ def walk(modules, swaps, found=None, codes=None):
     for i in sorted(at):
         holder, d = holders[bisect_right(ends, i)]
         for key in _keys_of(d, values[i]):
-            pairs[(id(holder), key)] = (holder, key, values[i])
+            if type(key) is str:  # a non-string key is no attribute (and could hash foreign code)
+                pairs[(id(holder), key)] = (holder, key, values[i])
     for holder, key, value in pairs.values():
         fn = value.__func__ if type(value) in _DESCRIPTORS else value
         if type(fn) is not FunctionType:
             continue
         pair = eager.get(id(fn))
         if pair is None and found is not None and orig in fn.__dict__:
-            new = found(holder, key, fn)
+            try:
+                new = found(holder, key, fn)
+            except Exception as exc:  # one odd binding: skip it, walk the rest
+                _log.debug("npu_compat: walk: skipped %s: %s: %s", key, type(exc).__name__, exc)
+                continue
             if new is not None:
                 swaps.add(fn, new)
                 pair = (fn, new)
@@ -385,7 +433,7 @@ def walk(modules, swaps, found=None, codes=None):
         try:
             put(holder, key, replacement)
         except Exception as exc:
-            _log.warning("npu_compat: could not rewire %s.%s: %s", getattr(holder, "__name__", "?"), key, exc)
+            _log.warning("npu_compat: could not rewire %s.%s: %s", _holder_name(holder), key, exc)
             continue
         swaps.rewired.append((holder, key, value, replacement))
         n += 1
@@ -393,6 +441,17 @@ def walk(modules, swaps, found=None, codes=None):
 
 
 _FUNCTIONS = frozenset((FunctionType, staticmethod, classmethod))
+
+
+def _holder_name(holder):
+    try:
+        if _is_type_subclass(type(holder)):
+            name = _type_qualname(holder)
+        else:
+            name = _module_dict(holder).get("__name__")
+    except Exception:
+        name = None
+    return name if type(name) is str else "?"
 
 
 def restore(swaps):

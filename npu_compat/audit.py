@@ -10,6 +10,8 @@
   a fallback), and whether it was called.  An entry holds no reference to
   the compiled object (only its code), so it never keeps a model alive.
 * ``NPU_COMPAT_FALLBACK``: :func:`fallback_enabled`.
+* ``NPU_COMPAT_REPORT=PATH`` (the line each process appends at exit) is
+  written by :mod:`npu_compat.reportfile`.
 
 What happens to a compile is decided in :mod:`npu_compat.intercept`; nothing
 here runs off NPU.
@@ -268,67 +270,3 @@ def existing(holder, attr, fn, why, by=None, fallback=True):
     if why is not None:
         e.made_eager(by or "setting", why)
     return e
-
-
-# --- NPU_COMPAT_REPORT ------------------------------------------------------------------------
-
-_report_registered = False
-
-
-def register_report():
-    """Arrange for this process to append its record to NPU_COMPAT_REPORT at exit."""
-    global _report_registered
-    if _report_registered or not os.environ.get("NPU_COMPAT_REPORT", "").strip():
-        return
-    import atexit
-
-    atexit.register(write_report)
-    _report_registered = True
-
-
-def record():
-    """This process's record: what npu_compat decided and what NPU compiled."""
-    import npu_compat
-
-    return {
-        "pid": os.getpid(),
-        "ppid": os.getppid(),
-        "argv": list(sys.argv[:4]),
-        "route": npu_compat.route(),
-        "npu_compat": npu_compat.__version__,
-        "patches": [{"name": s.name, "state": s.state} for s in npu_compat.status()],
-        "compiles": __import__("npu_compat.core", fromlist=["compiles"]).compiles(),
-    }
-
-
-def write_report(path=None):
-    """Append one JSON line to ``path`` (default NPU_COMPAT_REPORT).  Never raises.
-
-    One ``write`` of one line to a file opened with O_APPEND, under an
-    exclusive ``flock``: lines of many ranks writing at once never interleave.
-    """
-    path = path or os.environ.get("NPU_COMPAT_REPORT", "").strip()
-    if not path:
-        return False
-    try:
-        import json
-
-        line = (json.dumps(record(), default=str, sort_keys=True) + "\n").encode()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            try:
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except Exception:
-                pass
-            view = memoryview(line)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-        finally:
-            os.close(fd)
-        return True
-    except Exception as exc:
-        _log.warning("npu_compat: cannot write NPU_COMPAT_REPORT=%s: %s: %s", _log.short(path), type(exc).__name__, exc)
-        return False

@@ -121,7 +121,7 @@ def records():
             continue
         extra.append(
             registry.Guard(
-                name=f"eager:{mod}:{qual}".lower(),
+                name=f"eager:{mod}:{qual}",  # the site as the user wrote it, case kept
                 module=mod,
                 qualname=qual,
                 scope="auto",
@@ -155,10 +155,11 @@ def _opted_in():
 def arm_package(package):
     """Hook up every target module inside ``package`` (called once it starts to load)."""
     _, errors = registry.load()
+    _env.check_at_activation(r.name for r in records())
     for err in errors:
         _log.warning_once(("registry", err), "npu_compat: %s", err)
     if errors and _env.strict():
-        raise NpuCompatError(f"npu_compat: bad patch registry: {'; '.join(errors)} (NPU_COMPAT_STRICT=1)")
+        raise NpuCompatError(f"npu_compat: bad patch registry: {'; '.join(errors)} {_env.strict_note()}")
     mods = []
     for rec in records():
         if rec.module.partition(".")[0] == package and rec.module not in mods:
@@ -170,10 +171,35 @@ def arm_package(package):
         return
     for mod in mods:
         _arm(mod, _module_hook)
+    _say_loaded(package, mods)
     if device.decided_not_npu():
         return  # off NPU for sure: nothing to watch torch for
     for mod in ("torch", "torch_npu"):
         _arm(mod, _device_hook)
+
+
+def _say_loaded(package, mods):
+    _log.info(
+        "npu_compat %s: active in this process (route %s); %d records watch %d %s modules",
+        npu_compat.__version__, npu_compat.route(), len(records()), len(mods), package,
+    )  # fmt: skip
+    _log.debug("npu_compat: post-import hooks on %s", ", ".join(mods) or "no module")
+
+
+_said_device = None  # the last (is_npu, reason) logged
+
+
+def _say_device(npu, why):
+    global _said_device
+    if _said_device != (npu, why):
+        _said_device = (npu, why)
+        _log.info("npu_compat: device: %s (%s)", "NPU" if npu else "not an NPU: nothing in sglang is changed", why)
+
+
+def _say_decisions(decided):
+    for rec, before, outcome in decided:
+        if before is None or (before.state, before.reason) != (outcome.state, outcome.reason):
+            _log.info("npu_compat: %s: %s: %s (%s)", rec.name, outcome.state, outcome.reason, rec.target)
 
 
 class _Registering:
@@ -201,7 +227,38 @@ def _module_hook(module, gen):
 
 
 def _device_hook(module, gen):
+    _reevaluate_off_npu(gen)
     _npu_setup(gen)
+    if _state.walk_ms is not None and _state.npu_ready == gen:
+        _say_device(*device.detect())
+        _log.debug(
+            "npu_compat: on NPU: torch.compile calls by sglang are audited; the walk of the loaded sglang "
+            "modules took %.1f ms (%d compiled functions seen)", _state.walk_ms, len(compiles()),
+        )  # fmt: skip
+
+
+def _reevaluate_off_npu(gen):
+    """torch_npu loaded after the targets (torch < 2.5, TORCH_DEVICE_BACKEND_AUTOLOAD=0):
+    the records decided ``not-needed`` then are decided again, now on NPU.
+
+    Before :func:`_npu_setup`, whose walk then rewires every other binding.
+    """
+    try:
+        if not device.is_npu():
+            return
+        with _light.lock:
+            if not _light.active or gen != _light.generation:
+                return
+            names = {p.module for p in records() if getattr(_state.outcomes.get(p.name), "state", None) == NOT_NEEDED}
+        for name in sorted(names):
+            module = sys.modules.get(name)
+            if module is not None and not _initializing(module):
+                _log.debug("npu_compat: %s: decided off NPU before torch_npu loaded; deciding again", name)
+                _on_import(module, gen)
+    except NpuCompatError:
+        raise
+    except Exception as exc:
+        _log.warning("npu_compat: re-deciding after torch_npu loaded failed: %s: %s", type(exc).__name__, exc)
 
 
 def _arm(module_name, action):
@@ -352,7 +409,7 @@ def _fail_modules(module_names, reason):
     what = ", ".join(module_names)
     _log.warning("npu_compat: cannot patch %s: %s", what, reason)
     if _env.strict():
-        raise NpuCompatError(f"npu_compat: cannot patch {what}: {reason} (NPU_COMPAT_STRICT=1)")
+        raise NpuCompatError(f"npu_compat: cannot patch {what}: {reason} {_env.strict_note()}")
 
 
 # --- deciding and applying -----------------------------------------------------------------
@@ -369,7 +426,7 @@ def _failed(rec, exc):
     reason = f"{type(exc).__name__}: {exc}"
     _log.warning("npu_compat: patching %s failed: %s", rec.target, reason)
     if _env.strict():
-        raise NpuCompatError(f"npu_compat: patching {rec.target} failed: {reason} (NPU_COMPAT_STRICT=1)") from exc
+        raise NpuCompatError(f"npu_compat: patching {rec.target} failed: {reason} {_env.strict_note()}") from exc
     return Outcome(FAILED, reason)
 
 
@@ -382,6 +439,8 @@ def _on_import(module, gen=None):
             return
         # Outside the lock: detection may import torch, an implementation imports torch.
         npu, why = device.detect()
+        _say_device(npu, why)
+        decided = []
         impls = {}
         if npu:
             for rec in recs:
@@ -421,18 +480,15 @@ def _on_import(module, gen=None):
                 if outcome.state == APPLIED and npu:
                     _audit_record(rec, module, outcome)
                 _state.outcomes[rec.name] = outcome
+                decided.append((rec, before, outcome))
             if applied:
-                # Bindings made before the hook fired: the module's own and, when it has
-                # just executed, those of modules still executing (a circular import).
-                # A module found already loaded is covered by _npu_setup's walk.
-                mods = [module]
-                if not _registering.active:
-                    mods += [
-                        m
-                        for m in apply.package_modules(npu_compat.WATCHED_PACKAGES)
-                        if m is not module and _initializing(m)
-                    ]
-                apply.walk(mods, _state.swaps, codes=_state.codes)
+                # Bindings made before the hook fired: the module's own, those of modules
+                # still executing (a circular import) and of modules imported while it
+                # executed.  A module found already loaded is covered by _npu_setup's walk.
+                mods = [module] + ([] if _registering.active else _bound_meanwhile(module))
+                n = apply.walk(mods, _state.swaps, codes=_state.codes)
+                _log.debug("npu_compat: %s: %d other bindings rewired in %d modules", name, n, len(mods) - 1)
+        _say_decisions(decided)
     except NpuCompatError:
         raise
     except Exception as exc:  # never fail the host's import
@@ -440,6 +496,20 @@ def _on_import(module, gen=None):
             _log.warning("npu_compat: post-import hook failed: %s: %s", type(exc).__name__, exc)
         except Exception:
             pass
+
+
+def _bound_meanwhile(module):
+    """The modules that can hold a binding ``module`` made before its hook ran.
+
+    Those still executing (``module`` was imported from inside them: a
+    circular import) and those imported while it executed (an import at its
+    bottom binds its names elsewhere before wrapt's hook fires).
+    """
+    watched = npu_compat.WATCHED_PACKAGES
+    mods = [m for m in apply.package_modules(watched) if m is not module and _initializing(m)]
+    seen = set(map(id, mods))
+    mods += [m for m in apply.modules_since(module, watched) if id(m) not in seen]
+    return mods
 
 
 def _made_eager_at_definition(rec, outcome):
@@ -498,7 +568,9 @@ def _npu_setup(gen):
             watched = npu_compat.WATCHED_PACKAGES
             if _state.codes is None:
                 _state.codes = apply.wrapper_codes(torch) | {id(intercept.GUARD_CODE)}
-            audit.register_report()
+            from npu_compat import reportfile
+
+            reportfile.register_report()
         for name in reevaluate:  # a list file opted a record in: evaluate its module again
             mod = sys.modules.get(name)
             if mod is not None:
@@ -722,6 +794,41 @@ def _top_installed(module_name):
         return True
 
 
+def _no_such_module(module_name):
+    """True when the installed package has no file for ``module_name``: a look at the files, no import.
+
+    The top-level package is found with PathFinder (or its ``__path__`` when
+    loaded); below it, each part is looked for in the directories of the
+    part above (``name.py`` or another module suffix, or a ``name/``
+    directory).  Any doubt (an entry that is not a directory, such as a zip
+    archive) is "it may exist" (False): the record then waits as ``pending``.
+    """
+    import os
+    from importlib.machinery import PathFinder, all_suffixes
+
+    top, *rest = module_name.split(".")
+    try:
+        loaded = sys.modules.get(top)
+        dirs = vars(loaded).get("__path__") if loaded is not None else None
+        if dirs is None:
+            spec = PathFinder.find_spec(top)
+            dirs = spec.submodule_search_locations if spec is not None else None
+        if dirs is None:
+            return False  # not a package we can look into: not-installed is decided elsewhere
+        dirs = [d for d in list(dirs) if isinstance(d, str)]
+        for i, part in enumerate(rest):
+            if not dirs or not all(os.path.isdir(d) for d in dirs):
+                return False
+            if i == len(rest) - 1 and any(os.path.isfile(os.path.join(d, part + x)) for d in dirs for x in all_suffixes()):
+                return False
+            dirs = [os.path.join(d, part) for d in dirs if os.path.isdir(os.path.join(d, part))]
+            if not dirs:
+                return True
+        return False
+    except Exception:
+        return False
+
+
 def status():
     """Live state of every record: a tuple of :class:`PatchStatus`.
 
@@ -747,10 +854,12 @@ def status():
         elif not active:
             state, reason = INACTIVE, "npu_compat is not active in this process"
         elif mod is None:
-            if _top_installed(p.module):
-                state, reason = PENDING, f"waiting for {p.module} to be imported"
-            else:
+            if not _top_installed(p.module):
                 state, reason = NOT_INSTALLED, f"{p.module.partition('.')[0]} is not installed"
+            elif _no_such_module(p.module):
+                state, reason = ABSENT, f"the installed {p.module.partition('.')[0]} has no module {p.module}"
+            else:
+                state, reason = PENDING, f"waiting for {p.module} to be imported"
         elif outcome is None:
             why = "another thread's import of it is under way" if p.module in waiting else "not evaluated yet"
             state, reason = PENDING, f"{p.module} is imported but {why}"

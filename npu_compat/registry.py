@@ -55,7 +55,8 @@ class _Record:
         for f in self._TEXT:
             if not isinstance(getattr(self, f), str) or not getattr(self, f):
                 return f"field {f!r} must be a non-empty string"
-        if self.name != self.name.lower():
+        if self.name != self.name.lower() and not self.name.startswith("eager:"):
+            # NPU_COMPAT_EAGER's own sites ("eager:module:qualname") keep the case of the site
             return f"name {self.name!r} must be lower-case"
         if not all(p.isidentifier() for p in self.module.split(".")):
             return f"module {self.module!r} is not a dotted name"
@@ -156,7 +157,49 @@ class Guard(_Record):
             return "default must be True or False"
         if self.scope not in ("site", "calls", "auto"):
             return "scope must be 'site', 'calls' or 'auto'"
+        if self.versions != "any" and release_ranges(self.versions) is None:
+            return (
+                f"versions {self.versions!r} must be 'any' or releases such as '0.5.13', '0.5.13 to 0.5.23', "
+                "comma-separated, with an optional note in parentheses"
+            )
         return ""
+
+
+def release_key(version):
+    """(0, 5, 13, 1) for "0.5.13.post1", (0, 5, 13, 0) for "0.5.13"; None for anything else."""
+    base, _, post = version.strip().partition(".post")
+    parts = base.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or (post and not post.isdigit()):
+        return None
+    return tuple(int(p) for p in parts) + (int(post or 0),)
+
+
+def release_ranges(versions):
+    """A guard's ``versions`` as [(first, last)] release keys; None when it cannot be read.
+
+    ``"0.5.13 to 0.5.23"`` covers every release from 0.5.13 to 0.5.23, post
+    releases included; items are comma-separated; a note in parentheses at
+    the end is ignored.  ``scripts/check_releases.py`` checks these claims
+    against the released wheels.
+    """
+    text = versions.split("(", 1)[0].strip()
+    out = []
+    for item in text.split(","):
+        first, sep, last = item.strip().partition(" to ")
+        lo, hi = release_key(first), release_key(last if sep else first)
+        if lo is None or hi is None or lo > hi:
+            return None
+        out.append((lo, hi[:3] + (10**9,)))  # "to 0.5.14" includes 0.5.14's post releases
+    return out
+
+
+def claims(versions, release):
+    """True when a guard's ``versions`` text names ``release`` (e.g. "0.5.13.post1")."""
+    key = release_key(release)
+    if versions == "any":
+        return True
+    ranges = release_ranges(versions) or ()
+    return key is not None and any(lo <= key <= hi for lo, hi in ranges)
 
 
 _RECORD_TYPES = (Patch, Guard)

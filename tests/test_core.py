@@ -67,11 +67,13 @@ report.emit(before=before, after=report.describe(m), states=report.states())
     assert r["before"] == {"_assert_nonneg_and_invalidate": "compiled", "_gather_spec_extras": "compiled"}
     assert r["after"] == {"_assert_nonneg_and_invalidate": "ours", "_gather_spec_extras": "ours"}
     assert set(r["states"].values()) == {"applied"}
-    # one INFO line per helper, naming it and the upstream PR, however often activated
+    # one INFO decision line per helper, naming it and the upstream PR, however often activated
     info = [line for line in proc.stderr.splitlines() if line.startswith("INFO:npu_compat")]
-    assert len(info) == 2, proc.stderr
-    assert all("PR #26403" in line for line in info)
-    assert any("_gather_spec_extras" in line for line in info)
+    applied = [line for line in info if ": applied: " in line]
+    assert len(applied) == 2, proc.stderr
+    assert all("PR #26403" in line for line in applied)
+    assert any("_gather_spec_extras" in line for line in applied)
+    assert sum(": active in this process" in line for line in info) == 1, proc.stderr
 
 
 @pytest.mark.parametrize("order", ["npu_compat-first", "target-first"])
@@ -157,6 +159,39 @@ report.emit(err=err)
     )
     assert r["err"] is not None
     assert "_gather_spec_extras" in r["err"] and "NPU_COMPAT_STRICT=1" in r["err"]
+
+
+def test_strict_errors_name_the_value_that_turned_it_on(tree):
+    _, r = run_py(
+        NPU
+        + """
+import npu_compat
+from support import report
+try:
+    import sglang.srt.managers.overlap_utils
+    err = None
+except npu_compat.NpuCompatError as exc:
+    err = str(exc)
+report.emit(err=err)
+""",
+        tree=tree("changed_signature"),
+        env={"NPU_COMPAT_STRICT": " true"},
+    )
+    assert r["err"] is not None and r["err"].endswith("(NPU_COMPAT_STRICT=true)"), r["err"]
+
+
+def test_a_mistyped_strict_value_warns_when_npu_compat_arms(tree):
+    # Before, NPU_COMPAT_STRICT=maybe was read only when a patch failed: a CI with the typo stayed green.
+    proc, r = run_py(
+        "import npu_compat\nimport sglang.srt.managers.overlap_utils\nfrom support import report\n"
+        "report.emit(states=report.states())\n",
+        tree=tree("prefix"),
+        env={"NPU_COMPAT_STRICT": "maybe", "NPU_COMPAT_DEVICE": "cpu"},
+    )
+    assert set(r["states"].values()) == {"not-needed"}
+    assert proc.stderr.splitlines() == [
+        "NPU_COMPAT_STRICT='maybe' is not understood (use 1 or 0); treating it as 0"
+    ], proc.stderr
 
 
 def test_target_import_error_reaches_the_importer_unchanged(tree):

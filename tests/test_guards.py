@@ -285,3 +285,15 @@ report.emit(made=_wrappers.kind(made), other=_wrappers.kind(other), states=repor
     )
     assert r["made"] == "plain" and r["other"] == "compiled" and r["rope"] == "compiled"
     assert r["states"]["eager:sglang.srt.layers.rope:late"] == "applied"
+
+
+def test_a_named_site_keeps_its_case_in_status(tmp_path):
+    # The record NPU_COMPAT_EAGER=module:qualname makes is named after the site as written
+    # (it was lower-cased: "rotary.forward", which is neither the site nor what the user pinned).
+    _, r = run_py(
+        NPU + "import npu_compat\nimport sglang.srt.layers.rope\nfrom support import report\n"
+        "report.emit(states=report.all_states())\n",
+        tree=make_tree(tmp_path),
+        env={"NPU_COMPAT_EAGER": "sglang.srt.layers.rope:Rotary.forward", "NPU_COMPAT_DISABLE": "no-such-guard"},
+    )
+    assert r["states"]["eager:sglang.srt.layers.rope:Rotary.forward"] == "applied"

@@ -86,3 +86,53 @@ report.emit(states=report.states())
     info = [line for line in lines(loud) if line.startswith("npu_compat INFO [pid ")]
     assert any("_gather_spec_extras" in line for line in info), loud.stderr
     assert any("_assert_nonneg_and_invalidate" in line for line in info), loud.stderr
+
+
+DECIDE = """
+import npu_compat
+import sglang.srt.managers.overlap_utils
+from support import report
+report.emit(states=report.states())
+"""
+
+
+def test_info_shows_per_process_that_it_loaded_the_device_and_every_decision(tree):
+    # Off NPU: not-needed and disabled are decisions too, and say so (before, only `applied` logged).
+    proc, r = run_py(DECIDE, tree=tree("light"), env={
+        "NPU_COMPAT_LOG_LEVEL": "info", "NPU_COMPAT_DEVICE": "cpu", "NPU_COMPAT_DISABLE": "overlap-gather-spec-extras"})
+    out = [line.split("] ", 1)[1] for line in lines(proc)]
+    assert all(line.startswith("npu_compat INFO [pid ") for line in lines(proc)), proc.stderr
+    assert re.fullmatch(r"npu_compat \S+: active in this process \(route import\); \d+ records watch \d+ sglang modules",
+                        out[0]), out  # fmt: skip
+    assert out[1] == "device: not an NPU: nothing in sglang is changed (forced by NPU_COMPAT_DEVICE=cpu)"
+    assert out[2:] == [
+        "overlap-assert-nonneg: not-needed: not on NPU: forced by NPU_COMPAT_DEVICE=cpu "
+        "(sglang.srt.managers.overlap_utils._assert_nonneg_and_invalidate)",
+        "overlap-gather-spec-extras: disabled: NPU_COMPAT_DISABLE names overlap-gather-spec-extras "
+        "(sglang.srt.managers.overlap_utils._gather_spec_extras)",
+    ]
+
+
+def test_debug_adds_the_detail(tree):
+    proc, _ = run_py(DECIDE, tree=tree("light"), env={"NPU_COMPAT_LOG_LEVEL": "debug", "NPU_COMPAT_DEVICE": "cpu"})
+    debug = [line.split("] ", 1)[1] for line in lines(proc) if line.startswith("npu_compat DEBUG")]
+    assert any(line.startswith("post-import hooks on sglang.srt.managers.overlap_utils") for line in debug), debug
+    info = [line for line in lines(proc) if line.startswith("npu_compat INFO")]
+    assert sum(": not-needed: " in line for line in info) == 2, info
+
+
+def test_debug_on_npu_names_each_replacement_and_the_walk(tree):
+    proc, _ = run_py(DECIDE, tree=tree("prefix"), env={"NPU_COMPAT_LOG_LEVEL": "debug", "NPU_COMPAT_DEVICE": "npu"})
+    debug = [line.split("] ", 1)[1] for line in lines(proc) if line.startswith("npu_compat DEBUG")]
+    assert sum("now runs eagerly on NPU" in line for line in debug) == 2, debug
+    assert any("the walk of the loaded sglang modules took" in line for line in debug), debug
+    info = [line for line in lines(proc) if line.startswith("npu_compat INFO")]
+    assert sum(": applied: " in line for line in info) == 2, info
+
+
+def test_quiet_by_default_and_info_does_not_import_logging():
+    proc, _ = run_py(
+        "import sys\nfrom npu_compat import _log\nfrom support import report\n"
+        "_log.info('npu_compat: an info line')\nreport.emit(logging='logging' in sys.modules)"
+    )
+    assert lines(proc) == [] and '"logging": false' in proc.stdout

@@ -127,11 +127,14 @@ def test_registry_guards_on_simulated_npu(version, route):
     assert r["n"] > 500
     assert r["states"]["rotary-apply-native"] == "applied"
     assert r["states"]["llama4-mul-attn-scale"] == "applied"
-    assert r["states"]["minimax-vl-rope-applier"] == ("applied" if version == "0.5.23" else "pending")
+    assert r["states"]["minimax-vl-rope-applier"] == ("applied" if version == "0.5.23" else "absent")
+    assert r["states"]["rotary-rl-on-policy"] == ("applied" if version == "0.5.13" else "upstream-fixed")
     assert r["states"]["dflash-swiglu-alpha-limit"] == "opt-in"
     assert r["states"]["ernie-vl-rotary"] == "opt-in"
-    assert r["states"]["hyperconnection-compute"] == "pending"  # its module is not loaded here
+    # its module is not loaded here; 0.5.13 has none
+    assert r["states"]["hyperconnection-compute"] == ("pending" if version == "0.5.23" else "absent")
     assert r["states"]["overlap-assert-nonneg"] == "upstream-fixed"
+    assert r["states"]["overlap-gather-spec-extras"] == "absent"
     assert r["left"] == []  # no binding of a guarded site is still compiled, in any loaded module
     assert r["same"] is True  # rope_variant's own binding is the very eager function
     assert r["calls"] == {"rotary": True, "llama4": True}
