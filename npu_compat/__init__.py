@@ -16,7 +16,7 @@ import _thread
 import os
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Top-level packages of the registry's targets (a test keeps this equal to
 # npu_compat.registry.target_modules(): reading the registry here would cost
@@ -335,8 +335,11 @@ def _imported_by_the_plugin():
     # activates with route "plugin" (no environment writes): this import is
     # its parent package's.  CPython holds the child's import lock meanwhile.
     try:
-        import importlib._bootstrap as bootstrap
-
+        # importlib._bootstrap is already loaded as _frozen_importlib; importing
+        # it by that name would load the importlib package (and warnings).
+        bootstrap = sys.modules.get("_frozen_importlib")
+        if bootstrap is None:
+            return False
         ref = bootstrap._module_locks.get(__name__ + ".plugin")
         lock = ref() if ref is not None else None
         return lock is not None and lock.owner == _thread.get_ident()
