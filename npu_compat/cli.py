@@ -253,4 +253,7 @@ def main(argv=None):
 
 
 def entry():
+    from npu_compat import _cli_util
+
+    _cli_util.EXIT_AT_ONCE = True  # a Ctrl-C in a scan ends the process at once
     sys.exit(main())
