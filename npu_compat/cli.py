@@ -127,7 +127,7 @@ def _scan(argv):
 COMMANDS = [
     Command(
         "status", "show the device, versions, activation and each patch's state",
-        "npu-compat status --no-import   # a health check: no torch import, well under a second",
+        "npu-compat status --no-import   # a health check: imports no torch",
         _status, _status_args,
         description="Without --no-import the installed target modules are imported here, so each patch's "
         "state is evaluated for real (this imports torch and sglang).  Exit 1 when a patch failed, is "
@@ -184,7 +184,7 @@ def _parser():
         prog=PROG,
         description="Run sglang on Ascend NPU without torch.compile where NPU cannot take it.",
         epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=22),
     )
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", parser_class=OneLineParser, metavar="COMMAND", title="commands")

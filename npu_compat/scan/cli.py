@@ -16,12 +16,14 @@ from .verdicts import FAIL_POLICIES, MEANING, VERDICTS
 
 PROG = "npu-compat scan"
 
-_EPILOG = "verdicts:\n" + "".join(f"  {v:<11} {MEANING[v]}\n" for v in VERDICTS) + """
+_EPILOG = "verdicts:\n" + "".join(
+    "\n".join(_cli_util.wrap(MEANING[v], 80, first=f"  {v:<11} ", indent=" " * 14)) + "\n" for v in VERDICTS
+) + """
 --fail-on (each includes the ones before it; sites a default npu_compat
 patch covers never fail, opt-in coverage does not exempt a site):
   unguarded    exit 1 on an unguarded site
   npu-backend  ... or an npu-backend site
-  unknown      ... or an unknown site, or a file that could not be read or parsed
+  unknown      ... or an unknown site, or a file not read or parsed
   never        always exit 0 (the default)
 With --diff, --fail-on applies only to what NEW adds or changes.
 
