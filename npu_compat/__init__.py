@@ -193,11 +193,16 @@ def _norm(path):
     return os.path.normcase(os.path.abspath(path)) if path else path
 
 
+def _is_bootstrap(entry):
+    if entry == BOOTSTRAP_DIR:  # the usual case, and the cheap test: no getcwd()
+        return True
+    return bool(entry) and _norm(entry) == _norm(BOOTSTRAP_DIR)
+
+
 def _without_bootstrap(pythonpath):
     # An empty entry ("/x:" after `PYTHONPATH=/x:$PYTHONPATH`) means the
     # current directory: keep it.  Only an unset or empty variable has none.
-    boot = _norm(BOOTSTRAP_DIR)
-    return [p for p in pythonpath.split(os.pathsep) if _norm(p) != boot] if pythonpath else []
+    return [p for p in pythonpath.split(os.pathsep) if not _is_bootstrap(p)] if pythonpath else []
 
 
 def child_env(env, route="run"):
