@@ -153,6 +153,9 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         return _interrupted(progress)
+    except Exception:
+        progress.clear()  # the caller's one-line error starts on a clean line
+        raise
     if registry_error:
         print(f"{PROG}: warning: patch registry unavailable ({one_line(registry_error)})", file=sys.stderr)
     try:
