@@ -167,7 +167,7 @@ def bench_status(quick, venv):
         ("npu-compat status --no-import", [py, "-m", "npu_compat", "status", "--no-import"], env),
         ("npu-compat status", [py, "-m", "npu_compat", "status"], env),
     ]
-    stats = _with_ratios(interleaved(cases, 2 if quick else 30, warmup=1 if quick else 2), cases[0][0])
+    stats = _with_ratios(interleaved(cases, 1 if quick else 30, warmup=0 if quick else 2), cases[0][0])
     torch_ms = stats[cases[1][0]]["median_ms"]
     for s in stats.values():
         s["ratio_to_torch"] = s["median_ms"] / torch_ms

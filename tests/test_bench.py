@@ -5,16 +5,19 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.timeout(600)  # every section once, torch imported several times: minutes on a loaded 2-core machine
 def test_bench_quick_produces_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--quick", "--json", str(out)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=560,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())
