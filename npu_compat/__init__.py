@@ -16,7 +16,7 @@ import _thread
 import os
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Top-level packages of the registry's targets (a test keeps this equal to
 # npu_compat.registry.target_modules(): reading the registry here would cost
@@ -193,11 +193,16 @@ def _norm(path):
     return os.path.normcase(os.path.abspath(path)) if path else path
 
 
+def _is_bootstrap(entry):
+    if entry == BOOTSTRAP_DIR:  # the usual case, and the cheap test: no getcwd()
+        return True
+    return bool(entry) and _norm(entry) == _norm(BOOTSTRAP_DIR)
+
+
 def _without_bootstrap(pythonpath):
     # An empty entry ("/x:" after `PYTHONPATH=/x:$PYTHONPATH`) means the
     # current directory: keep it.  Only an unset or empty variable has none.
-    boot = _norm(BOOTSTRAP_DIR)
-    return [p for p in pythonpath.split(os.pathsep) if _norm(p) != boot] if pythonpath else []
+    return [p for p in pythonpath.split(os.pathsep) if not _is_bootstrap(p)] if pythonpath else []
 
 
 def child_env(env, route="run"):
@@ -335,8 +340,11 @@ def _imported_by_the_plugin():
     # activates with route "plugin" (no environment writes): this import is
     # its parent package's.  CPython holds the child's import lock meanwhile.
     try:
-        import importlib._bootstrap as bootstrap
-
+        # importlib._bootstrap is already loaded as _frozen_importlib; importing
+        # it by that name would load the importlib package (and warnings).
+        bootstrap = sys.modules.get("_frozen_importlib")
+        if bootstrap is None:
+            return False
         ref = bootstrap._module_locks.get(__name__ + ".plugin")
         lock = ref() if ref is not None else None
         return lock is not None and lock.owner == _thread.get_ident()

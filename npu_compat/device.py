@@ -6,6 +6,7 @@ own ``is_npu()`` raises when torch_npu is present but no device is visible;
 here that case is simply "not an NPU", with the reason kept for ``status``.
 """
 
+import os
 import sys
 
 from npu_compat import _env
@@ -16,13 +17,62 @@ _NOT_LOADED = "torch_npu is installed but not loaded"
 _TRANSIENT = (_NO_MODULE, _NOT_LOADED)
 
 
-def _torch_npu_installed():
+DEV_DIR = "/dev"  # where the Ascend driver puts its device files (a test points it elsewhere)
+
+
+def torch_npu_installed():
+    """Whether ``torch_npu`` can be found on sys.path (looked up, never imported)."""
     from importlib.machinery import PathFinder  # finds without importing
 
     try:
         return PathFinder.find_spec("torch_npu") is not None
     except Exception:
         return False
+
+
+_torch_npu_installed = torch_npu_installed
+
+
+def device_files():
+    """The Ascend chips' device files: ``/dev/davinci<N>``, sorted by N (the driver makes one per chip
+    visible to this container, beside ``/dev/davinci_manager``)."""
+    try:
+        names = os.listdir(DEV_DIR)
+    except OSError:
+        return []
+    chips = [n for n in names if n.startswith("davinci") and n[7:].isdigit()]
+    return [os.path.join(DEV_DIR, n) for n in sorted(chips, key=lambda n: int(n[7:]))]
+
+
+def evidence(ignore_setting=False):
+    """``(is_npu, reason)`` without importing torch, torch_npu or anything else.
+
+    It rests on three things: NPU_COMPAT_DEVICE (unless ``ignore_setting``);
+    whether torch_npu is installed (a path lookup); and the Ascend driver's
+    device files ``/dev/davinci<N>``.  torch_npu installed and at least one
+    such file present reads as an NPU; that the chip works (CANN, driver
+    version, a chip held by another container) only
+    ``torch.npu.is_available()`` can tell, which :func:`detect` asks.  When
+    torch is already imported the real answer costs nothing: it is given.
+    """
+    if not ignore_setting:
+        forced = _env.device()
+        if forced == "npu":
+            return True, "forced by NPU_COMPAT_DEVICE=npu"
+        if forced.startswith("other:"):
+            return False, f"forced by NPU_COMPAT_DEVICE={forced[6:]}"
+        if sys.modules.get("torch") is not None:
+            return detect()
+    if not torch_npu_installed():
+        return False, "torch_npu is not installed"
+    files = device_files()
+    if not files:
+        return False, f"torch_npu is installed, but no Ascend device file ({DEV_DIR}/davinci<N>) is present"
+    shown = files[0] if len(files) == 1 else f"{files[0]} .. {os.path.basename(files[-1])}"
+    return True, (
+        f"torch_npu is installed and {len(files)} Ascend device file{'s' if len(files) != 1 else ''} "
+        f"({shown}) present; not confirmed by torch.npu.is_available()"
+    )
 
 
 def _detect():

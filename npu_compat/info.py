@@ -1,44 +1,123 @@
-"""What ``npu-compat status`` shows: device, versions, activation, patches."""
+"""What ``npu-compat status`` shows: device, versions, activation, patches.
+
+``--no-import`` (``build(import_targets=False, cli=True)``) imports neither
+torch, torch_npu nor sglang: versions come from installed metadata, the
+device from :func:`npu_compat.device.evidence` (installed distributions and
+device files).  The full status imports the installed target modules, so
+each patch is evaluated for real, and torch only where the device answer
+needs it (torch_npu installed, or torch already loaded).
+"""
 
 import os
 import platform
 import sys
 
 import npu_compat
-from npu_compat import core, device, registry
+from npu_compat import _cli_util, core, device, registry
+
+WIDTH = 80
+LABEL = 12  # "activation: " and the others line up after it
 
 
-def _version(dist):
-    # Read installed metadata; never import the package (torch_npu cannot be
-    # imported without CANN, sglang is slow to import).
-    from importlib import metadata
+def _norm_dist(name):
+    return name.replace("-", "_").replace(".", "_").lower()
+
+
+def _dists():
+    """{normalized name: metadata directory} of the distributions on sys.path, the first of each name.
+
+    The same answer as importlib.metadata for our questions, at a fraction of
+    its cost: importing importlib.metadata loads email, zipfile and pathlib
+    (about 0.1 s here), more than the rest of ``status --no-import``.
+    """
+    found = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for n in sorted(names):
+            for suffix in (".dist-info", ".egg-info"):
+                if n.endswith(suffix):
+                    name = n[: -len(suffix)].partition("-")[0]  # NAME-VERSION.dist-info, NAME.egg-info
+                    found.setdefault(_norm_dist(name), os.path.join(entry or ".", n))
+    return found
+
+
+def _meta_version(path):
+    for name in ("METADATA", "PKG-INFO"):
+        try:
+            with open(os.path.join(path, name), encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if line.startswith("Version:"):
+                        return line[8:].strip()
+                    if not line.strip():
+                        break  # the headers end here
+        except OSError:
+            continue
+    return None
+
+
+def _version(dist, dists=None):
+    """The installed version of distribution ``dist``, from its metadata; never imports the package
+    (torch_npu cannot be imported without CANN, sglang is slow to import)."""
+    path = (dists if dists is not None else _dists()).get(_norm_dist(dist))
+    return _meta_version(path) if path else None
+
+
+def _import_targets():
+    """Import each installed target module so its patches are evaluated here; {module: problem}."""
+    import warnings
+
+    problems = {}
+    with warnings.catch_warnings():
+        # sglang's and torch's import-time warnings are about the host, not npu_compat's state
+        warnings.simplefilter("ignore")
+        for mod in registry.target_modules():
+            _import_one(mod, problems)
+    return problems
+
+
+def _import_one(mod, problems):
+    import importlib
+    from importlib.machinery import PathFinder
+
+    if mod in sys.modules or PathFinder.find_spec(mod.partition(".")[0]) is None:
+        return
+    try:
+        importlib.import_module(mod)
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        problems[mod] = f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _installed_sitecustomize():
+    """The path of npu-compat's installed sitecustomize.py when it is the one this interpreter runs, else None.
+
+    The bootstrap's own file does not count (PYTHONPATH says that): this is
+    the install route, which every process of this interpreter takes.
+    """
+    from importlib.machinery import PathFinder
 
     try:
-        return metadata.version(dist)
+        spec = PathFinder.find_spec("sitecustomize")
+        path = spec.origin if spec is not None else None
+        if not path or not os.path.isfile(path):
+            return None
+        if os.path.normcase(os.path.dirname(os.path.abspath(path))) == os.path.normcase(npu_compat.BOOTSTRAP_DIR):
+            return None
+        from npu_compat.sitedir import MARKER
+
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        return path if MARKER.encode() in head else None
     except Exception:
         return None
 
 
-def _import_targets():
-    """Import each installed target module so its patches are evaluated here."""
-    import importlib
-    from importlib.machinery import PathFinder
-
-    problems = {}
-    for mod in registry.target_modules():
-        if mod in sys.modules or PathFinder.find_spec(mod.partition(".")[0]) is None:
-            continue
-        try:
-            importlib.import_module(mod)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            problems[mod] = f"{type(exc).__name__}: {str(exc)[:300]}"
-    return problems
-
-
-def _environment_route(cli):
-    """The route that activates a process of this environment.
+def _environment_route(cli, installed):
+    """(route, bootstrap on PYTHONPATH) of a process of this environment.
 
     The ``npu-compat`` command imports npu_compat itself: that import says
     nothing about the environment, so from the CLI only the routes that ran
@@ -48,12 +127,34 @@ def _environment_route(cli):
         return npu_compat.route(), _has_bootstrap(os.environ.get("PYTHONPATH"))
     seen = [r for r in npu_compat.routes() if r != "import"]
     route = next((r for r in ("inherited", "run", "sitecustomize") if r in seen), seen[0] if seen else None)
+    if route is None and installed is not None:
+        route = "sitecustomize"  # NPU_COMPAT_DISABLE kept it from recording itself
     return route, _has_bootstrap(npu_compat.PYTHONPATH_AT_START)
+
+
+def _device(import_targets):
+    """The device answer, and how it was reached: importing torch only where the answer needs it."""
+    if import_targets and (sys.modules.get("torch") is not None or device.torch_npu_installed()):
+        npu, why = device.detect()
+        return npu, why, "torch"
+    npu, why = device.evidence()
+    return npu, why, ("torch" if sys.modules.get("torch") is not None else "files")
 
 
 def build(import_targets=False, cli=False):
     problems = _import_targets() if import_targets and npu_compat.is_active() else {}
-    npu, why = device.detect()
+    npu, why, by = _device(import_targets or not cli)
+    setting = os.environ.get("NPU_COMPAT_DEVICE", "")
+    preview = None
+    if npu and why.startswith("forced"):
+        real, real_why = device.evidence(ignore_setting=True)
+        if not real:
+            preview = (
+                "this machine is not an NPU (" + real_why + "): sglang's own NPU checks (is_npu(), "
+                "disable=_is_npu) are still false here, so a site sglang already leaves eager on NPU looks "
+                "compiled and its guard reads `applied`; on a real NPU it reads `upstream-fixed`. The states "
+                "preview npu_compat's decisions, not the NPU's"
+            )
     patches = []
     records = {p.name: p for p in core.records()}
     for st in core.status():
@@ -66,21 +167,25 @@ def build(import_targets=False, cli=False):
         if rec.kind == "guard":
             entry.update(evidence=rec.evidence, versions=rec.versions)
         patches.append(entry)
-    route, inherit = _environment_route(cli)
+    installed = _installed_sitecustomize()
+    dists = _dists()
+    route, boot = _environment_route(cli, installed)
     return {
         "npu_compat": npu_compat.__version__,
         "python": platform.python_version(),
         "executable": sys.executable,
-        "versions": {d: _version(d) for d in ("torch", "torch_npu", "sglang", "wrapt")},
-        "device": {"npu": npu, "reason": why, "setting": os.environ.get("NPU_COMPAT_DEVICE", "")},
+        "versions": {d: _version(d, dists) for d in ("torch", "torch_npu", "sglang", "wrapt")},
+        "device": {"npu": npu, "reason": why, "setting": setting, "decided_by": by, "preview": preview},
         "active": npu_compat.is_active(),
         "route": route,
         "routes": list(npu_compat.routes()),
         "cli": cli,
         "origin": os.environ.get(npu_compat.ORIGIN_VAR) if route == "inherited" or not cli else None,
-        "children_inherit": inherit,
+        "children_inherit": boot or installed is not None,
+        "bootstrap_on_pythonpath": boot,
+        "installed_sitecustomize": installed,
         "started_with_bootstrap": _has_bootstrap(npu_compat.PYTHONPATH_AT_START),
-        "plugin_registered": _plugin_registered(),
+        "plugin_registered": _plugin_registered(dists),
         "bootstrap_dir": npu_compat.BOOTSTRAP_DIR,
         "disabled": npu_compat.disabled_by_env(),
         "strict": os.environ.get("NPU_COMPAT_STRICT", ""),
@@ -98,60 +203,119 @@ def _has_bootstrap(pythonpath):
     return any(os.path.normcase(os.path.abspath(p)) == boot for p in (pythonpath or "").split(os.pathsep) if p)
 
 
-def _plugin_registered():
-    from importlib import metadata
+def _plugin_registered(dists=None):
+    """Whether an installed distribution declares an ``sglang.srt.plugins`` entry point into npu_compat."""
+    for path in (dists if dists is not None else _dists()).values():
+        try:
+            with open(os.path.join(path, "entry_points.txt"), encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        section = None
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("[") and line.endswith("]"):
+                section = line[1:-1].strip()
+            elif section == "sglang.srt.plugins" and "=" in line:
+                if line.partition("=")[2].strip().startswith("npu_compat."):
+                    return True
+    return False
 
-    try:
-        eps = metadata.entry_points(group="sglang.srt.plugins")
-    except Exception:
-        return False
-    return any(ep.value.startswith("npu_compat.") for ep in eps)
+
+# ---- text, laid out for 80 columns ----
+
+
+def _field(label, text):
+    """``label: text`` wrapped at WIDTH, continuation lines under the text."""
+    return _cli_util.wrap(text, WIDTH, first=f"{label + ':':<{LABEL}}", indent=" " * LABEL)
+
+
+def _activation(rep):
+    if rep["disabled"]:
+        return "off: NPU_COMPAT_DISABLE turns npu_compat off in every process that sees it"
+    origin = f" (from {rep['origin']})" if rep["route"] == "inherited" and rep["origin"] else ""
+    if rep["cli"]:
+        if rep["route"]:
+            return f"this environment activates npu_compat via {rep['route']}{origin}"
+        return (
+            "not set up here: a Python process of this shell activates npu_compat only if it imports it or "
+            "loads the sglang plugin (this command activated itself to evaluate the patches)"
+        )
+    if rep["active"]:
+        return f"active via {rep['route']}{origin}; routes seen: {', '.join(rep['routes'])}"
+    return "inactive"
+
+
+def _children(rep):
+    off = "; NPU_COMPAT_DISABLE turns it off in them too" if rep["disabled"] else ""
+    if rep["bootstrap_on_pythonpath"]:
+        return f"Python children activate npu_compat (its bootstrap is on PYTHONPATH){off}"
+    if rep["installed_sitecustomize"]:
+        return f"Python children of this interpreter activate npu_compat (installed {rep['installed_sitecustomize']}){off}"
+    return (
+        "Python children do not activate npu_compat by themselves (no bootstrap on PYTHONPATH, no installed "
+        "sitecustomize)"
+    )
+
+
+def _plugin(rep):
+    if not rep["plugin_registered"]:
+        return "sglang plugin entry point not registered"
+    if rep["disabled"]:
+        return "sglang plugin entry point registered, but NPU_COMPAT_DISABLE keeps it from activating npu_compat"
+    return "sglang plugin entry point registered: every sglang process activates npu_compat"
+
+
+def _device_text(d):
+    text = f"{'NPU' if d['npu'] else 'not NPU'}: {d['reason']}"
+    if d["decided_by"] == "files":
+        text += " (from installed files; torch not imported)"
+    return text
 
 
 def format_text(rep):
     v = rep["versions"]
-    lines = [
-        f"npu-compat {rep['npu_compat']}  (python {rep['python']}, {rep['executable']})",
-        "versions:  " + ", ".join(f"{k} {v[k] or 'not installed'}" for k in ("torch", "torch_npu", "sglang", "wrapt")),
-        f"device:    {'NPU' if rep['device']['npu'] else 'not NPU'}: {rep['device']['reason']}",
-    ]
-    if rep["disabled"]:
-        lines.append("activation: disabled by NPU_COMPAT_DISABLE")
-    elif rep["cli"]:
-        if rep["route"]:
-            origin = f" (from {rep['origin']})" if rep["route"] == "inherited" and rep["origin"] else ""
-            lines.append(f"activation: this environment activates npu_compat via {rep['route']}{origin}")
-        else:
-            lines.append(
-                "activation: not set up here: a Python process of this shell activates npu_compat only if it "
-                "imports it or loads the sglang plugin (this command activated itself to evaluate the patches)"
-            )
-    elif rep["active"]:
-        origin = f" (from {rep['origin']})" if rep["route"] == "inherited" and rep["origin"] else ""
-        lines.append(f"activation: active via {rep['route']}{origin}; routes seen: {', '.join(rep['routes'])}")
-    else:
-        lines.append("activation: inactive")
-    lines.append(
-        "environment: "
-        + ("npu_compat's bootstrap is on PYTHONPATH: Python children " if rep["children_inherit"] else
-           "npu_compat's bootstrap is not on PYTHONPATH: Python children do NOT ")
-        + ("activate npu_compat" if rep["children_inherit"] else "activate it by themselves")
-    )
-    lines.append(
-        "plugin:    sglang plugin entry point "
-        + ("registered: every sglang process activates npu_compat" if rep["plugin_registered"] else "not registered")
-    )
+    lines = [f"npu-compat {rep['npu_compat']}, Python {rep['python']}"]
+    lines += _field("python", rep["executable"])
+    lines += _field("versions", ", ".join(f"{k} {v[k] or '-'}" for k in ("torch", "torch_npu", "sglang", "wrapt")))
+    lines += _field("device", _device_text(rep["device"]))
+    if rep["device"].get("preview"):
+        lines += _field("preview", rep["device"]["preview"])
+    lines += _field("activation", _activation(rep))
+    lines += _field("children", _children(rep))
+    lines += _field("plugin", _plugin(rep))
     for err in rep["registry_errors"]:
-        lines.append(f"registry:  {err}")
-    lines.append("patches:")
+        lines += _field("registry", err)
+    lines.append(f"patches:    {len(rep['patches'])} (name and state; target; reason; what is there now)")
     for p in rep["patches"]:
-        lines.append(f"  {p['name']:<28} {p['state']:<15} {p['module']}.{p['function']}")
-        lines.append(f"  {'':<28} {p['reason']}")
-        lines.append(f"  {'':<28} now installed: {p['installed']}; upstream: {p['upstream']}")
+        lines.append(f"  {p['name']:<38} {p['state']}")
+        lines += _cli_util.wrap(f"{p['module']}.{p['function']}", WIDTH, indent="    ")
+        lines += _cli_util.wrap(p["reason"], WIDTH, indent="    ")
+        lines += _cli_util.wrap(f"now: {p['installed']}; upstream: {p['upstream']}", WIDTH, indent="    ")
     if rep["device"]["npu"]:
         lines.append(f"compiles by sglang seen on NPU in this process: {len(rep['compiles'])}")
         for c in rep["compiles"]:
             eager = f"eager ({c['why']})" if c["eager"] else "COMPILED"
             called = {True: "called", False: "not called yet", None: "-"}[c["called"]]
-            lines.append(f"  {c['target']}  [{c['backend']}]  {eager}; {called}; at {c['where']}")
+            lines += _cli_util.wrap(f"{c['target']}  [{c['backend']}]", WIDTH, indent="  ")
+            lines += _cli_util.wrap(f"{eager}; {called}; at {c['where']}", WIDTH, indent="    ")
     return "\n".join(lines)
+
+
+def main(no_import=False, as_json=False):
+    """``npu-compat status``: print the report; 1 when an active patch is in a bad state."""
+    import json
+
+    rep = build(import_targets=not no_import, cli=True)
+    if as_json:
+        print(json.dumps(rep, indent=2, default=str))
+    else:
+        print(format_text(rep))
+    bad = {core.FAILED, core.INCOMPATIBLE, core.REPLACED, core.IMPORT_ERROR}
+    if any(p["state"] in bad for p in rep["patches"]) and npu_compat.is_active():
+        return 1
+    # Under NPU_COMPAT_STRICT=1 a compile that fell back is a failure too (it was still served eagerly).
+    from npu_compat import _env
+
+    fell_back = any(c.get("fell_back") for c in rep.get("compiles") or ())
+    return 1 if fell_back and _env.strict() else 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """npu-compat's costs, measured side by side, interleaved, in one run.
 
-    python scripts/bench.py [--quick] [--json PATH] [--only startup,torch,patch,call]
+    python scripts/bench.py [--quick] [--json PATH] [--only startup,status,torch,patch,call,scan]
                             [--anchor NAME=CMD ...]
 
 Figures (medians over runs after a warm-up; min and max beside them):
@@ -10,6 +10,11 @@ Figures (medians over runs after a warm-up; min and max beside them):
            "import npu_compat"`, `python -c pass` with the bootstrap on
            PYTHONPATH, `python -c "import wrapt"`, and any --anchor command;
            each as a ratio to bare.  Goal: npu_compat <= 1.15.
+  status   whole-process wall time of `npu-compat status --no-import` and
+           `npu-compat status` beside `python -c pass` and `python -c "import
+           torch"` (torch from the development venv, on PYTHONPATH; no
+           sglang there, so the full status imports no target); ratios to
+           both.  Goal: status --no-import < 500 ms.
   torch    `import npu_compat, torch` with npu_compat active vs disabled
            (NPU_COMPAT_DISABLE=1), and the cost of npu_compat's finder,
            counted: calls during `import torch` x ns per call.  Goal: <= 1.01.
@@ -24,7 +29,14 @@ Figures (medians over runs after a warm-up; min and max beside them):
   scan     `npu-compat scan` of the sglang 0.5.23 tree, in process, median of
            5 (the tree: $NPU_COMPAT_SGLANG_TREE, else <venv of
            $NPU_COMPAT_SGLANG_PYTHON>/sglang-0.5.23/sglang, else
-           .venv-sglang/sglang-0.5.23/sglang; skipped when absent).  Goal: < 2 s.
+           .venv-sglang/sglang-0.5.23/sglang).  Goal: < 2 s.
+
+A figure that cannot run here (scan without a tree, instructions without
+valgrind) says why on stderr: named in --only it makes the exit status 1;
+left out of the default set, it is skipped (exit 0).
+
+Every process is started from a directory outside the checkout (so that
+`python -m npu_compat` finds the copy under test, not the source tree).
 
 Timing uses time.perf_counter_ns only; whole-process figures use subprocess.
 Shared machines are noisy: read the ratios, and rerun before trusting a
@@ -42,7 +54,12 @@ import sys
 import tempfile
 import time
 
+class CannotRun(Exception):
+    """A figure that cannot be measured here; the message says why."""
+
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+OUTSIDE = tempfile.mkdtemp(prefix="npu-compat-bench-cwd-")  # every child starts here, not in the checkout
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
 
@@ -63,7 +80,7 @@ def _time_cmd(cmd, env):
     """(wall ns, CPU ns) of one run of cmd: CPU is the child's user+system time,
     which other load on the machine disturbs less than wall time."""
     t = time.perf_counter_ns()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=OUTSIDE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter_ns() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -139,6 +156,22 @@ def bench_startup(quick, anchors, venv):
         name, _, cmd = spec.partition("=")
         cases.append((f"anchor: {name}", shlex.split(cmd), _env()))
     return _with_ratios(interleaved(cases, 8 if quick else 60), "bare: python -c pass")
+
+
+def bench_status(quick, venv):
+    py, _, dev_site = venv
+    env = _env(PYTHONPATH=dev_site)
+    cases = [
+        ("bare: python -c pass", [py, "-c", "pass"], env),
+        ("python -c 'import torch'", [py, "-c", "import torch"], env),
+        ("npu-compat status --no-import", [py, "-m", "npu_compat", "status", "--no-import"], env),
+        ("npu-compat status", [py, "-m", "npu_compat", "status"], env),
+    ]
+    stats = _with_ratios(interleaved(cases, 1 if quick else 30, warmup=0 if quick else 2), cases[0][0])
+    torch_ms = stats[cases[1][0]]["median_ms"]
+    for s in stats.values():
+        s["ratio_to_torch"] = s["median_ms"] / torch_ms
+    return stats
 
 
 COUNT_FINDER_CALLS = """
@@ -344,7 +377,10 @@ def bench_scan(quick):
         tree = os.path.join(venv, "sglang-0.5.23", "sglang")
     tree = tree or os.path.join(ROOT, ".venv-sglang", "sglang-0.5.23", "sglang")
     if not os.path.isdir(tree):
-        return {f"skipped: no sglang 0.5.23 tree at {tree}": {"ms": 0.0}}
+        raise CannotRun(
+            f"no sglang 0.5.23 tree at {tree}: set NPU_COMPAT_SGLANG_TREE to one "
+            "(pip install --no-deps --target DIR sglang==0.5.23; then DIR/sglang)"
+        )
     sys.path.insert(0, ROOT)
     from npu_compat.scan import scan
 
@@ -364,6 +400,8 @@ def _print_table(title, rows):
     for name, s in rows.items():
         if "median_ms" in s:
             extra = f"  ratio {s['ratio']:.3f} (CPU time {s['cpu_ratio']:.3f})" if "ratio" in s else ""
+            if "ratio_to_torch" in s:
+                extra += f"; to import torch {s['ratio_to_torch']:.3f}"
             print(f"  {name:<58} median {s['median_ms']:9.3f} ms  [{s['min_ms']:.3f} .. {s['max_ms']:.3f}]  n={s['n']}{extra}")
         elif "installed_us" in s:
             print(f"  {name:<52} installed {s['installed_us']:9.2f} us  plain {s['plain_us']:9.2f} us  ratio {s['ratio']:.3f}")
@@ -381,18 +419,24 @@ def main(argv=None):
     p.add_argument("--json", default="bench-results.json", help="where to write the figures (default: %(default)s)")
     p.add_argument(
         "--only",
-        default="startup,torch,instructions,patch,call,scan",
+        default=None,
         help="comma-separated subset (instructions needs valgrind; skipped without it)",
     )
     p.add_argument("--anchor", action="append", default=[], metavar="NAME=CMD", help="another command to time at startup")
     args = p.parse_args(argv)
-    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    explicit = args.only is not None
+    only = args.only if explicit else "startup,status,torch,instructions,patch,call,scan"
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    failed = []
     if "instructions" in wanted and not shutil.which("valgrind"):
-        print("valgrind not found: skipping the instruction counts")
+        print("bench.py: instructions: cannot run: valgrind not found", file=sys.stderr)
         wanted.remove("instructions")
-    venv = clean_venv() if {"startup", "torch", "instructions"} & set(wanted) else None
+        if explicit:
+            failed.append("instructions")
+    venv = clean_venv() if {"startup", "status", "torch", "instructions"} & set(wanted) else None
     runners = {
         "startup": lambda: bench_startup(args.quick, args.anchor, venv),
+        "status": lambda: bench_status(args.quick, venv),
         "torch": lambda: bench_torch(args.quick, venv),
         "instructions": lambda: bench_instructions(args.quick, venv),
         "patch": lambda: bench_patch(args.quick),
@@ -408,12 +452,22 @@ def main(argv=None):
     }
     t0 = time.perf_counter()
     for w in wanted:
-        results[w] = runners[w]()
+        try:
+            results[w] = runners[w]()
+        except CannotRun as exc:
+            print(f"bench.py: {w}: cannot run: {exc}" + ("" if explicit else " (skipped)"), file=sys.stderr)
+            results[w] = {"cannot run": str(exc)}
+            if explicit:
+                failed.append(w)
+            continue
         _print_table(w, results[w])
     results["seconds"] = time.perf_counter() - t0
     with open(args.json, "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nwrote {args.json} ({results['seconds']:.0f} s)")
+    if failed:
+        print(f"bench.py: not measured: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

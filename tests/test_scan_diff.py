@@ -59,7 +59,8 @@ def test_diff_table_and_fail_on():
     res = cli("--diff", OLD, NEW)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0].endswith("2 added, 1 removed, 1 verdict changed")
+    assert lines[0] == "npu-compat scan --diff: 2 added, 1 removed, 1 verdict changed"
+    assert max(map(len, lines)) <= 80
     assert "added (2):" in lines and "removed (1):" in lines and "verdict changed (1):" in lines
     row = [line for line in lines if " fixed " in line][0]
     assert "unguarded -> guarded" in row and "pkg.a:14" in row

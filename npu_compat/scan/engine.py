@@ -14,7 +14,7 @@ from .backends import Routes
 from .bindings import ModuleBindings, Project
 from .evaluate import Truth, text
 from .files import ScanError, can_hold_site, mentions, module_name, names_regex, package_locations, read_bytes
-from .files import top_root, walk
+from .files import in_tests, is_python_file, top_root, walk
 from .judge import judge
 from .report import Report, Site, cover
 from .sites import SiteFinder
@@ -35,14 +35,17 @@ def load_patches():
         return (), f"{type(exc).__name__}: {exc}"
 
 
-def scan(paths=(), *, packages=(), patches=None, parse_all=False):
+def scan(paths=(), *, packages=(), patches=None, parse_all=False, skip_tests=False, progress=None):
     """Scan files/directories and installed packages; return a :class:`~.report.Report`.
 
     ``paths``: a path or an iterable of paths (files or directories).
     ``packages``: installed package names, located with PathFinder (never imported).
     ``patches``: registry records for coverage; default: npu_compat's registry.
     ``parse_all``: parse every file (slower; the same sites and verdicts).
-    Raises :class:`~.files.ScanError` for a missing path or package.
+    ``skip_tests``: leave out test/ and benchmark/ directories (files.TEST_DIRS).
+    ``progress``: called as ``progress(stage, done, total)`` while reading and parsing.
+    Raises :class:`~.files.ScanError` for a missing path or package, and for
+    a path with no Python file in it.
     """
     start = time.perf_counter()
     if isinstance(paths, (str, os.PathLike)):
@@ -52,7 +55,7 @@ def scan(paths=(), *, packages=(), patches=None, parse_all=False):
     report = Report()
     if patches is None:
         patches, report.registry_error = load_patches()
-    jobs = _jobs(paths, packages, report)
+    jobs = _jobs(paths, packages, report, skip_tests)
     # AST nodes form no cycles, so reference counting frees every tree; the
     # cyclic collector would only re-walk millions of fresh nodes.
     gc_was_enabled = gc.isenabled()
@@ -60,7 +63,7 @@ def scan(paths=(), *, packages=(), patches=None, parse_all=False):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escapes etc. in scanned code are not our findings
-            _Run(report, parse_all).run(jobs, patches)
+            _Run(report, parse_all, progress).run(jobs, patches)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -68,7 +71,7 @@ def scan(paths=(), *, packages=(), patches=None, parse_all=False):
     return report
 
 
-def _jobs(paths, packages, report):
+def _jobs(paths, packages, report, skip_tests=False):
     """(file, root, display path) for every file, in a stable order."""
     jobs = []
     for p in paths:
@@ -80,15 +83,20 @@ def _jobs(paths, packages, report):
             root = top_root(top)
             report.roots.append(root)
             cut = len(top.rstrip(os.sep)) + 1  # walk yields paths below top: slicing is relpath, cheaper
-            jobs += [(f, root, os.path.join(p, f[cut:])) for f in walk(top, report.errors)]
+            found = [(f, root, os.path.join(p, f[cut:])) for f in walk(top, report.errors, skip_tests)]
+            if not found:
+                raise ScanError(f"{p}: no Python file in it (nothing to scan)")
+            jobs += found
         else:
+            if not is_python_file(p):
+                raise ScanError(f"{p}: not a Python file (neither *.py nor a #! python script)")
             root = top_root(os.path.dirname(os.path.abspath(p)))
             report.roots.append(root)
             jobs.append((os.path.abspath(p), root, p))
     for name in packages:
         for loc, root in package_locations(name):
             report.roots.append(root)
-            files = walk(loc, report.errors) if os.path.isdir(loc) else [loc]
+            files = walk(loc, report.errors, skip_tests) if os.path.isdir(loc) else [loc]
             cut = len(root.rstrip(os.sep)) + 1
             jobs += [(f, root, f[cut:] if f.startswith(root) else os.path.relpath(f, root)) for f in files]
     return jobs
@@ -104,9 +112,10 @@ class _File:
 
 
 class _Run:
-    def __init__(self, report, parse_all):
+    def __init__(self, report, parse_all, progress=None):
         self.report = report
         self.parse_all = parse_all
+        self.progress = progress or (lambda stage, done, total: None)
         self.files = {}  # project key -> _File
         self.project = Project(self._lazy)
         self.truth = Truth(self.project)
@@ -118,8 +127,11 @@ class _Run:
     def run(self, jobs, patches):
         order = self._read(jobs)
         first = [f for f in order if self.parse_all or can_hold_site(f.data)]
-        for f in first:
+        for i, f in enumerate(first):
+            if not i % 16:
+                self.progress("parsed", i, len(first))
             self._parse(f)
+        self.progress("parsed", len(first), len(first))
         names = self._alias_names(order)
         candidates = {f.key for f in first} | self._second
         for f in order:
@@ -130,12 +142,13 @@ class _Run:
 
     def _read(self, jobs):
         seen, order = set(), []
-        for path, root, shown in jobs:
+        for i, (path, root, shown) in enumerate(jobs):
+            if not i % 64:
+                self.progress("read", i, len(jobs))
             try:
                 data, identity = read_bytes(path)
             except OSError as exc:
-                self.report.files_read += 1
-                self._failed += 1
+                self.report.files_unreadable += 1
                 self.report.errors.append({"path": shown, "error": f"{type(exc).__name__}: {exc.strerror or exc}"})
                 continue
             if identity in seen:  # the same file through a link or a second root
@@ -148,6 +161,7 @@ class _Run:
             self.files[key] = f
             self.project.add(key, path)
             order.append(f)
+        self.progress("read", len(jobs), len(jobs))
         return order
 
     def _parse(self, f):
@@ -209,7 +223,7 @@ class _Run:
                     api=r.api, form=r.form, target=r.target, scope=r.scope,
                     backend=text(backend) if backend is not None else None,
                     disable=text(disable) if disable is not None else None,
-                    verdict=verdict, reason=reason,
+                    verdict=verdict, reason=reason, in_tests=in_tests(f.module, f.shown),
                 )
                 self._names_of[id(site)] = (r.target, r.bound)
                 found.append(site)

@@ -37,15 +37,48 @@ def module_name(path, root):
     return ".".join(parts) or None
 
 
-def walk(top, errors):
-    """Every ``*.py`` below ``top``, sorted; unreadable directories go to ``errors``."""
+# Directories of tests and benchmarks: their sites are counted apart from the
+# serving code's (sglang ships sglang/test, sglang/benchmark and
+# sglang/multimodal_gen/test in its wheel); --skip-tests leaves them out.
+TEST_DIRS = frozenset(("test", "tests", "benchmark", "benchmarks"))
+
+
+def in_tests(module, shown):
+    """Whether a file lies under a test/ or benchmark/ directory of its package (by its dotted
+    module name, else by the path as shown)."""
+    if module:
+        parts = module.split(".")[:-1] if not shown.endswith("__init__.py") else module.split(".")
+    else:
+        parts = shown.replace(os.sep, "/").split("/")[:-1]
+    return any(p in TEST_DIRS for p in parts)
+
+
+def is_python_file(path):
+    """A file argument worth scanning: ``*.py``, or a script whose ``#!`` line names Python."""
+    if path.endswith(".py"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(256)
+    except OSError:
+        return True  # let the read report why
+    return head.startswith(b"#!") and b"python" in head
+
+
+def walk(top, errors, skip_tests=False):
+    """Every ``*.py`` below ``top``, sorted; unreadable directories go to ``errors``.
+
+    ``skip_tests``: leave out the TEST_DIRS below ``top``."""
 
     def onerror(exc):
         errors.append({"path": getattr(exc, "filename", top) or top, "error": f"{type(exc).__name__}: {exc.strerror}"})
 
     for dirpath, dirnames, filenames in os.walk(top, onerror=onerror):
         # __pycache__ holds no sources; hidden dirs are VCS data or virtual environments.
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and not d.startswith("."))
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if d != "__pycache__" and not d.startswith(".") and not (skip_tests and d in TEST_DIRS)
+        )
         for f in sorted(filenames):
             if f.endswith(".py"):
                 yield os.path.join(dirpath, f)

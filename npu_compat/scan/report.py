@@ -13,7 +13,7 @@ class Site:
 
     __slots__ = (
         "path", "module", "line", "col", "api", "form", "target", "scope",
-        "backend", "disable", "verdict", "reason", "covered_by", "coverage",
+        "backend", "disable", "verdict", "reason", "covered_by", "coverage", "in_tests",
     )
 
     def __init__(self, **kw):
@@ -32,6 +32,7 @@ class Site:
             raise ValueError(f"unknown verdict {site.verdict!r}")
         if site.covered_by and not site.coverage:  # reports of the first scanner
             site.coverage = DEFAULT
+        site.in_tests = bool(site.in_tests)
         return site
 
     @property
@@ -57,6 +58,7 @@ class Report:
         self.files_read = 0
         self.files_parsed = 0
         self.files_skipped = 0  # read, and cannot hold a site: not parsed
+        self.files_unreadable = 0  # could not be read at all (in errors, not in files_read)
         self.roots = []
         self.elapsed = 0.0
         self.registry_error = None
@@ -73,8 +75,13 @@ class Report:
             out[s.verdict] += 1
         return out
 
-    def covered(self, verdict=UNGUARDED):
-        return sum(1 for s in self.sites if s.verdict == verdict and s.coverage)
+    def covered(self, verdict=UNGUARDED, coverage=None):
+        """Sites of ``verdict`` a record covers (``coverage``: only DEFAULT or only OPT_IN records)."""
+        return sum(1 for s in self.sites if s.verdict == verdict and s.coverage and coverage in (None, s.coverage))
+
+    def in_tests(self):
+        """The sites under a test/ or benchmark/ directory (see files.TEST_DIRS)."""
+        return [s for s in self.sites if s.in_tests]
 
     def failing(self, policy, sites=None):
         """Sites (and, for 'unknown', files not read or parsed) that make ``policy`` fail.
@@ -97,11 +104,19 @@ class Report:
             "files_parsed": self.files_parsed,
             "files_skipped": self.files_skipped,
             "files_failed": len(self.errors),
+            "files_unreadable": self.files_unreadable,
             "sites": len(self.sites),
         }
         out.update(self.counts())
         out["unguarded_covered"] = self.covered(UNGUARDED)
+        out["unguarded_covered_default"] = self.covered(UNGUARDED, DEFAULT)
+        out["unguarded_covered_opt_in"] = self.covered(UNGUARDED, OPT_IN)
         out["npu_backend_covered"] = self.covered(NPU_BACKEND)
+        out["npu_backend_covered_default"] = self.covered(NPU_BACKEND, DEFAULT)
+        out["unguarded_eager_backend"] = sum(1 for s in self.sites if s.verdict == UNGUARDED and is_eager_backend(s))
+        tests = self.in_tests()
+        out["sites_in_tests"] = len(tests)
+        out["in_tests"] = {v: sum(1 for s in tests if s.verdict == v) for v in VERDICTS}
         out["elapsed_s"] = round(self.elapsed, 3)
         return out
 
@@ -118,12 +133,12 @@ class Report:
     def from_dict(cls, data, source=None):
         """A report saved with ``--json`` (ValueError when it is not one)."""
         if not isinstance(data, dict) or not isinstance(data.get("sites"), list):
-            raise ValueError("not a report of `npu-compat scan --json` (no \"sites\" list)")
+            raise ValueError('it has no "sites" list')
         rep = cls()
         rep.sites = [Site.from_dict(s) for s in data["sites"]]
         rep.errors = [e for e in data.get("errors") or [] if isinstance(e, dict)]
         summary = data.get("summary") or {}
-        for key in ("files_read", "files_parsed", "files_skipped"):
+        for key in ("files_read", "files_parsed", "files_skipped", "files_unreadable"):
             value = summary.get(key)
             setattr(rep, key, value if isinstance(value, int) else 0)
         if not rep.files_read and isinstance(summary.get("files_scanned"), int):
@@ -131,6 +146,11 @@ class Report:
         rep.roots = list(data.get("roots") or [])
         rep.source = source
         return rep
+
+
+def is_eager_backend(site):
+    """``backend="eager"``: dynamo traces, then runs the captured graph as it is (no code generated)."""
+    return site.backend in ('"eager"', "'eager'")
 
 
 def _enclosing(site):

@@ -10,7 +10,8 @@ MEANING = {
     GUARDED: "NPU never compiles this site (disable= true on NPU, or code that NPU never reaches)",
     NPU_BACKEND: "NPU compiles it with its own backend (torchair via get_compiler_backend()): "
     "not safe, upstream has had to disable such sites on NPU",
-    UNGUARDED: "compiled with an ordinary backend (inductor by default) on NPU too",
+    UNGUARDED: "compiled with an ordinary backend (inductor by default) on NPU too; "
+    "backend=\"eager\" sites are unguarded too, and their reason says that no code is generated",
     UNKNOWN: "cannot tell statically (unresolvable name, **kwargs); the reason says why",
 }
 
