@@ -296,6 +296,9 @@ def format_text(rep):
         lines.append(f"compiles by sglang seen on NPU in this process: {len(rep['compiles'])}")
         for c in rep["compiles"]:
             eager = f"eager ({c['why']})" if c["eager"] else "COMPILED"
+            fb = c.get("fell_back")
+            if fb:
+                eager = f"FELL BACK at {fb['stage']}: {fb['type']}: {fb['message']}; runs eagerly"
             called = {True: "called", False: "not called yet", None: "-"}[c["called"]]
             lines += _cli_util.wrap(f"{c['target']}  [{c['backend']}]", WIDTH, indent="  ")
             lines += _cli_util.wrap(f"{eager}; {called}; at {c['where']}", WIDTH, indent="    ")
