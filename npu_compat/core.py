@@ -540,7 +540,8 @@ def _audit_record(rec, module, outcome):
         )  # fmt: skip
         entry.seen(eager)
     how = "npu_compat's own implementation" if rec.kind == "implementation" else "its own eager function"
-    entry.made_eager("record", f"{rec.name}: {how} ({rec.upstream})")
+    by = "setting" if rec.name.startswith("eager:") else "record"  # a site NPU_COMPAT_EAGER named
+    entry.made_eager(by, f"{rec.name}: {how} ({rec.upstream})")
 
 
 def _npu_setup(gen):
