@@ -12,6 +12,7 @@ number: they are read too, and the fields they lack (``site``, ``eager_by``)
 are derived from ``target`` and ``why``.
 """
 
+import argparse
 import json
 import os
 import stat
@@ -352,10 +353,30 @@ def eager_list(m, sources):
 # ---- the command --------------------------------------------------------------------------------
 
 
+_EPILOG = """\
+Each FILE is the JSON lines one NPU_COMPAT_REPORT file gathered (one line per
+process; several nodes' files may be given, or - for stdin).  A bad line or
+an unreadable file is named on stderr and skipped; what was read is shown.
+
+exit status: 0 fine, 1 --fail-on found something, 2 bad usage or no report
+line could be read at all.
+
+examples:
+  npu-compat audit /shared/npu-compat-report.jsonl
+  npu-compat audit --fail-on fell-back node*/report.jsonl
+  npu-compat audit --eager-list report.jsonl > eager.txt  # for @eager.txt
+"""
+
+
 def _parser():
     p = OneLineParser(
         prog=PROG,
-        description="Merge NPU_COMPAT_REPORT files (every process, every node) into one view of the compile sites.",
+        description=(
+            "Merge NPU_COMPAT_REPORT files (every process, every node) into one\n"
+            "view of the compile sites: compiled, made eager, fell back."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="NPU_COMPAT_REPORT files (JSON lines; - for stdin)")
     out = p.add_mutually_exclusive_group()

@@ -94,7 +94,7 @@ NO_IMPORT_CHECK = (
 def _pythons():
     out = [sys.executable]  # torch installed
     if os.environ.get("NPU_COMPAT_SGLANG_PYTHON"):
-        out.append(os.environ["NPU_COMPAT_SGLANG_PYTHON"])  # torch and sglang installed
+        out.append(os.path.abspath(os.environ["NPU_COMPAT_SGLANG_PYTHON"]))  # torch and sglang installed
     return out
 
 
