@@ -161,30 +161,45 @@ emb = RotaryEmbedding(64, 64, 256, 10000, True, torch.float32)
 kind = _wrappers.kind(emb._apply_rotary_emb_wrapped)
 q, k = torch.rand(3, 2 * 64), torch.rand(3, 2 * 64)
 f0 = sum(du.counters["frames"].values())
+close = False
 try:
     out = emb.forward_native(torch.arange(3), q.clone(), k.clone())  # the path MultiPlatformOp.forward takes
     ran = "ok"
+    w = emb._apply_rotary_emb_wrapped
+    emb._apply_rotary_emb_wrapped = getattr(w, "_torchdynamo_orig_callable", w)
+    want = emb.forward_native(torch.arange(3), q.clone(), k.clone())  # the same with the plain function
+    close = all(torch.equal(a, b) for a, b in zip(out, want))
 except Exception as exc:
     ran = type(exc).__name__
 import sglang
 from support import report
+from npu_compat import core
 state = {s.name: s.state for s in npu_compat.status()}["rotary-rl-on-policy"]
 report.emit(version=sglang.__version__, kind=kind, ran=ran, frames=sum(du.counters["frames"].values()) - f0,
-            state=state, forward=emb._forward_method.__name__)
+            state=state, forward=emb._forward_method.__name__, close=close,
+            fell_back=sorted(c["target"] for c in core.fell_back()))
 """
 
 
 @needs_sglang
-@pytest.mark.parametrize("disabled", [False, True])
-def test_rotary_rl_on_policy_eager_on_npu_0_5_13(disabled):
-    env = {"NPU_COMPAT_DISABLE": "rotary-rl-on-policy"} if disabled else None
+@pytest.mark.parametrize("setting", ["guard", "no guard", "no guard, no fallback"])
+def test_rotary_rl_on_policy_eager_on_npu_0_5_13(setting):
+    env = {}
+    if setting != "guard":
+        env["NPU_COMPAT_DISABLE"] = "rotary-rl-on-policy"
+    if setting.endswith("no fallback"):
+        env["NPU_COMPAT_FALLBACK"] = "0"
     _, r = run_version("0.5.13", ROTARY, env=env)
     assert r["version"] == "0.5.13" and r["forward"] == "forward_native"
-    if not disabled:
+    if setting == "guard":
         assert r["state"] == "applied" and r["kind"] == "plain"
-        assert r["ran"] == "ok" and r["frames"] == 0  # it ran, and dynamo compiled nothing
-    else:  # what 0.5.13 does without the guard: inductor on NPU (it fails on the simulated one)
-        assert r["state"] == "disabled" and r["kind"] == "compiled" and r["ran"] != "ok"
+        assert r["ran"] == "ok" and r["frames"] == 0 and r["fell_back"] == []  # dynamo compiled nothing
+    elif setting == "no guard":  # sglang's compile reaches inductor on NPU, fails, and the site falls back
+        assert r["state"] == "disabled" and r["kind"] == "compiled" and r["ran"] == "ok"
+        assert r["fell_back"] == ["sglang.srt.layers.rotary_embedding.utils.apply_rotary_emb"], r["fell_back"]
+        assert r["close"]  # the eager result is the function's own
+    else:  # what 0.5.13 does without npu-compat: inductor on NPU (it fails on the simulated one)
+        assert r["state"] == "disabled" and r["kind"] == "compiled" and r["ran"] != "ok" and r["fell_back"] == []
 
 
 @needs_sglang
