@@ -46,6 +46,7 @@ NEEDS_TORCH = [
     "tests/test_impl.py",
     "tests/test_bench.py",
     "tests/test_guards.py",
+    "tests/test_fallback.py",
     "tests/test_hook.py",
     "tests/test_real_guards.py",
     "tests/test_audit_cli.py::test_audit_of_real_processes_at_once_plus_bad_lines",
