@@ -35,6 +35,27 @@ def _contexts(fn):
             yield name
 
 
+def optimize_context(fn):
+    """The ``OptimizeContext`` a torch.compile wrapper closes over, or None."""
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if type(value).__name__ == "OptimizeContext":
+            return value
+    return None
+
+
+def user_backend(ctx):
+    """``(backend, hops)``: the backend under an OptimizeContext's callback, through
+    ``_torchdynamo_orig_backend`` (hops: how many layers were passed)."""
+    backend, hops = getattr(ctx, "__dict__", {}).get("callback"), 0
+    while hops < 6 and "_torchdynamo_orig_backend" in getattr(backend, "__dict__", {}):
+        backend, hops = backend.__dict__["_torchdynamo_orig_backend"], hops + 1
+    return backend, hops
+
+
 def kind(obj):
     """Classify ``obj``: PLAIN, COMPILED, DISABLED, WRAPPED or OTHER."""
     if type(obj) is not FunctionType:

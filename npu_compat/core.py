@@ -632,20 +632,8 @@ def _found(holder, attr, fn):
 
 def _backend_of(fn):
     """The backend torch.compile made for an existing compile wrapper (for the NPU graph-mode rule)."""
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            ctx = cell.cell_contents
-        except ValueError:
-            continue
-        if type(ctx).__name__ == "OptimizeContext":
-            b = getattr(ctx, "__dict__", {}).get("callback")
-            for _ in range(6):
-                nxt = getattr(b, "__dict__", {}).get("_torchdynamo_orig_backend")
-                if nxt is None:
-                    break
-                b = nxt
-            return b
-    return None
+    ctx = _wrappers.optimize_context(fn)
+    return None if ctx is None else _wrappers.user_backend(ctx)[0]
 
 
 def _decide(model, site, target, caller_module, caller_function, backend):

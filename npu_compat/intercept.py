@@ -32,7 +32,7 @@ import _thread
 import sys
 from types import FunctionType, MethodType
 
-from npu_compat import _log, audit
+from npu_compat import _log, _wrappers, audit
 
 NPU_BACKEND_NAMES = frozenset(("npu", "npugraph_ex", "npugraphs", "torchair"))
 NPU_BACKEND_PACKAGES = frozenset(("torchair", "torch_npu"))
@@ -122,14 +122,21 @@ def qualname_of(code, f_globals, native=None):
     return code.co_name
 
 
+def unwrapped(obj):
+    """``obj`` under the ``functools.wraps`` layers of plain functions (``torch.no_grad()(fn)``)."""
+    for _ in range(8):
+        if type(obj) is not FunctionType:
+            break
+        inner = obj.__dict__.get("__wrapped__")
+        if inner is None:
+            break
+        obj = inner
+    return obj
+
+
 def site_of(model, caller_mod, caller_qual):
     """``(site, target)``: the ``module:qualname`` a user pins, and what is compiled."""
-    obj = model
-    for _ in range(8):
-        if type(obj) is FunctionType and "__wrapped__" in obj.__dict__:
-            obj = obj.__dict__["__wrapped__"]
-        else:
-            break
+    obj = unwrapped(model)
     if type(obj) is FunctionType:
         mod, qual = obj.__module__ or "?", obj.__qualname__
     elif type(obj) is MethodType:
@@ -189,12 +196,7 @@ def is_model_compile(model, torch):
     module_type = getattr(getattr(torch, "nn", None), "Module", None)
     if module_type is None:
         return False
-    obj = model
-    for _ in range(8):
-        if type(obj) is FunctionType and "__wrapped__" in obj.__dict__:
-            obj = obj.__dict__["__wrapped__"]
-        else:
-            break
+    obj = unwrapped(model)
     if type(obj) is MethodType:
         obj = obj.__self__
     return isinstance(obj, module_type)
@@ -507,21 +509,11 @@ def rebuilder(wrapper, eager, entry, optimize):
     (``callback._torchdynamo_orig_backend`` down to the backend object), and
     ``fullgraph``/``dynamic``; where torch keeps them elsewhere, None.
     """
-    ctx = None
-    for cell in wrapper.__closure__ or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            continue
-        if type(value).__name__ == "OptimizeContext":
-            ctx = value
-            break
+    ctx = _wrappers.optimize_context(wrapper)
     if ctx is None:
         return None
     d = vars(ctx)
-    backend, hops = d.get("callback"), 0
-    while hops < 6 and backend is not None and "_torchdynamo_orig_backend" in getattr(backend, "__dict__", {}):
-        backend, hops = backend.__dict__["_torchdynamo_orig_backend"], hops + 1
+    backend, hops = _wrappers.user_backend(ctx)
     if backend is None or hops < 2 or "fullgraph" not in d or "_dynamic" not in d:
         return None
     fullgraph, dynamic = d["fullgraph"], d["_dynamic"]
@@ -687,13 +679,9 @@ class Interceptor:
 
 def source_of(obj):
     """``file:line`` of what is compiled, the path from its package's directory."""
-    for _ in range(8):
-        if type(obj) is FunctionType and "__wrapped__" in obj.__dict__:
-            obj = obj.__dict__["__wrapped__"]
-        elif type(obj) is MethodType:
-            obj = obj.__func__
-        else:
-            break
+    obj = unwrapped(obj)
+    if type(obj) is MethodType:
+        obj = unwrapped(obj.__func__)
     code = getattr(obj, "__code__", None) if type(obj) is FunctionType else None
     if code is None:
         return "?"
