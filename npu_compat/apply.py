@@ -372,7 +372,8 @@ def wrapper_codes(torch):
         return None
 
     codes, keep = set(), []
-    for make in (lambda: torch.compile(probe), lambda: torch.compiler.disable(probe)):
+    # backend="eager": the same wrapper code as any backend, without importing inductor
+    for make in (lambda: torch.compile(probe, backend="eager"), lambda: torch.compiler.disable(probe)):
         try:
             w = make()
             if type(w) is FunctionType:

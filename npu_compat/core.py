@@ -486,7 +486,7 @@ def _on_import(module, gen=None):
                 # still executing (a circular import) and of modules imported while it
                 # executed.  A module found already loaded is covered by _npu_setup's walk.
                 mods = [module] + ([] if _registering.active else _bound_meanwhile(module))
-                n = apply.walk(mods, _state.swaps, codes=_state.codes)
+                n = apply.walk(mods, _state.swaps, codes=_wrapper_codes(sys.modules.get("torch")))
                 _log.debug("npu_compat: %s: %d other bindings rewired in %d modules", name, n, len(mods) - 1)
         _say_decisions(decided)
     except NpuCompatError:
@@ -544,6 +544,15 @@ def _audit_record(rec, module, outcome):
     entry.made_eager(by, f"{rec.name}: {how} ({rec.upstream})")
 
 
+def _wrapper_codes(torch):
+    """The code ids of torch's compile wrappers (made once, on a probe), or None before torch._dynamo."""
+    if _state.codes is None and torch is not None and "torch._dynamo" in sys.modules:
+        codes = apply.wrapper_codes(torch)  # None while torch is half-imported
+        if codes:
+            _state.codes = codes | {id(intercept.GUARD_CODE)}
+    return _state.codes
+
+
 def _npu_setup(gen):
     """On NPU, once per activation: the @PATH lists, the compile hook, one walk over loaded modules."""
     try:
@@ -567,8 +576,11 @@ def _npu_setup(gen):
                 reevaluate = sorted({r.module for r in records() if r.name in _state.setting.names - before})
             _state.fallback = audit.fallback_enabled()
             watched = npu_compat.WATCHED_PACKAGES
-            if _state.codes is None:
-                _state.codes = apply.wrapper_codes(torch) | {id(intercept.GUARD_CODE)}
+            # No torch._dynamo yet: nothing in this process was compiled, so no probe, no walk
+            # (the hook below sees every compile from the first one on).
+            compiled_yet = "torch._dynamo" in sys.modules
+            if compiled_yet:
+                _wrapper_codes(torch)
             from npu_compat import reportfile
 
             reportfile.register_report()
@@ -580,7 +592,8 @@ def _npu_setup(gen):
         with _light.lock:
             if not _light.active or gen != _light.generation:
                 return
-            apply.walk(apply.package_modules(watched), _state.swaps, _found, _state.codes)
+            if compiled_yet:
+                apply.walk(apply.package_modules(watched), _state.swaps, _found, _state.codes)
             _state.walk_ms = (time.perf_counter() - t) * 1e3
     except Exception as exc:
         _log.warning("npu_compat: NPU set-up failed: %s: %s", type(exc).__name__, exc)
@@ -595,6 +608,7 @@ def _dynamo_hook(module, gen):
             torch = sys.modules.get("torch")
             if torch is None or getattr(module, "optimize", None) is None:
                 return
+            _wrapper_codes(torch)  # probed before the hook is on (a probe is nobody's compile)
             _state.interceptor = intercept.Interceptor(torch, module, npu_compat.WATCHED_PACKAGES, _decide, _entry)
             _state.interceptor.install()
     except Exception as exc:
