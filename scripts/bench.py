@@ -24,7 +24,7 @@ Figures (medians over runs after a warm-up; min and max beside them):
            (npu_compat's post-import hook on a pre-fix overlap_utils).
            Goal: < 1 ms.
   call     per call: the installed helpers vs plain eager functions with the
-           same body, 100k calls each (--quick: 2k) on CPU tensors of serving
+           same body, 100k calls each (--quick: 500) on CPU tensors of serving
            sizes.  Goal: <= 1.02.
   scan     `npu-compat scan` of the sglang 0.5.23 tree, in process, median of
            5 (the tree: $NPU_COMPAT_SGLANG_TREE, else <venv of
@@ -155,7 +155,7 @@ def bench_startup(quick, anchors, venv):
     for spec in anchors:
         name, _, cmd = spec.partition("=")
         cases.append((f"anchor: {name}", shlex.split(cmd), _env()))
-    return _with_ratios(interleaved(cases, 8 if quick else 60), "bare: python -c pass")
+    return _with_ratios(interleaved(cases, 3 if quick else 60, warmup=1 if quick else 3), "bare: python -c pass")
 
 
 def bench_status(quick, venv):
@@ -208,7 +208,7 @@ def bench_torch(quick, venv):
          _env(PYTHONPATH=dev_site, NPU_COMPAT_DISABLE="1")),
         ("import torch (no npu_compat)", [py, "-c", "import torch"], _env(PYTHONPATH=dev_site)),
     ]  # fmt: skip
-    stats = _with_ratios(interleaved(cases, 4 if quick else 60, warmup=2), cases[1][0])
+    stats = _with_ratios(interleaved(cases, 1 if quick else 60, warmup=0 if quick else 2), cases[1][0])
     out = subprocess.run([py, "-c", COUNT_FINDER_CALLS], env=_env(PYTHONPATH=dev_site), capture_output=True, text=True, check=True)
     calls, per_call_ns = out.stdout.split()
     base_ms = stats[cases[1][0]]["median_ms"]
@@ -254,7 +254,7 @@ def bench_patch(quick):
     firsts, again = [], []
     with tempfile.TemporaryDirectory() as d:
         build(d, "prefix")
-        for i in range(3 if quick else 20):  # a fresh process each: the first application is the real one
+        for i in range(2 if quick else 20):  # a fresh process each: the first application is the real one
             out = subprocess.run(
                 [PY, "-c", PATCH_COST, d, "0" if i else ("20" if quick else "200")],
                 env=_env(NPU_COMPAT_DEVICE="npu"),
@@ -329,7 +329,7 @@ def bench_call(quick):
         torch.randint(0, 150000, (pool,), generator=g),
         torch.randn(pool, hidden, generator=g).to(torch.bfloat16),
     )
-    calls = 2000 if quick else 100_000
+    calls = 500 if quick else 100_000
     blocks = 10
     per_block = calls // blocks
     results = {}
@@ -385,7 +385,7 @@ def bench_scan(quick):
     from npu_compat.scan import scan
 
     samples, report = [], None
-    for _ in range(5):
+    for _ in range(2 if quick else 5):
         t = time.perf_counter_ns()
         report = scan([tree], patches=())
         samples.append(time.perf_counter_ns() - t)
