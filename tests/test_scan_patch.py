@@ -309,9 +309,12 @@ def _tree_of(version):
 
 
 def _link_copy(src, dst):
-    """A copy of the tree at ``src``: directories made, files symlinked (patched files become real copies)."""
+    """A copy of the tree at ``src``: directories made, files symlinked (patched files become real copies).
+
+    The bytecode is linked too: a linked source has the original's mtime and size, so its .pyc
+    stays valid and a child need not compile sglang again; a patched file's no longer matches.
+    """
     for dirpath, dirnames, filenames in os.walk(os.path.join(src, "sglang")):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         rel = os.path.relpath(dirpath, src)
         os.makedirs(os.path.join(dst, rel), exist_ok=True)
         for f in filenames:
