@@ -53,17 +53,18 @@ def ci_command(tag):
     return proc.stdout.rstrip("\n")
 
 
-def test_ci_runs_the_readmes_four_commands_verbatim():
+def test_ci_runs_the_readmes_five_commands_verbatim():
     ci = text_of(".ci/run")
-    assert re.search(r"^for step in main tests matrix releases; do$", ci, re.M)
+    assert re.search(r"^for step in main tests matrix releases long; do$", ci, re.M)
     assert 'bash -euo pipefail -c "$(readme_command $step)"' in ci
-    for tag in ("main", "tests", "matrix", "releases"):
+    for tag in ("main", "tests", "matrix", "releases", "long"):
         assert ci_command(tag) == command(tag)
     assert "torch==2.13.0" in command("main")  # never a plain `pip install torch` here
     assert "pytest -n 2" in command("tests") and "NPU_COMPAT_SGLANG_PYTHON" in command("tests")
     assert "scripts/make_sglang_venv.sh" in command("tests")
     assert re.search(r"\bnox -s( [\w.-]+)+$", command("matrix"))
     assert command("releases").startswith(".venv/bin/python scripts/check_releases.py ")
+    assert "NPU_COMPAT_TEST_RELEASES=all" in command("long") and "-k 0.5.13" in command("long")
 
 
 def nox_legs():

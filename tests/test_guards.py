@@ -187,24 +187,24 @@ report.emit(compiles=rep["compiles"], frames=report.frames())
 
 def test_report_file_one_line_per_process_many_writers(tmp_path):
     out = tmp_path / "audit.jsonl"
-    # 8 Python children started at once inherit the activation (bootstrap on
-    # PYTHONPATH) and each appends its record at exit.
+    # 4 Python children started at once (twice the cores here) inherit the activation
+    # (bootstrap on PYTHONPATH) and each appends its record at exit.
     _, r = run_py(
         """
 import subprocess, sys, npu_compat
 import sglang.srt.layers.rope
-ps = [subprocess.Popen([sys.executable, "-c", "import sglang.srt.layers.rope"]) for i in range(8)]
+ps = [subprocess.Popen([sys.executable, "-c", "import sglang.srt.layers.rope"]) for i in range(4)]
 from support import report
-report.emit(codes=[p.wait(900) for p in ps])  # generous: 8 interpreters at once on a busy 2-core machine
+report.emit(codes=[p.wait(900) for p in ps])  # generous: 4 interpreters at once on a busy 2-core machine
 """,
         tree=make_tree(tmp_path),
         env={"NPU_COMPAT_REPORT": str(out), "NPU_COMPAT_EAGER": "all", "NPU_COMPAT_DEVICE": "npu"},
         timeout=1000,
     )
-    assert r["codes"] == [0] * 8
+    assert r["codes"] == [0] * 4
     lines = out.read_text().splitlines()
     recs = [json.loads(line) for line in lines]  # every line is whole JSON
-    assert len(recs) == 9 and len({x["pid"] for x in recs}) == 9
+    assert len(recs) == 5 and len({x["pid"] for x in recs}) == 5
     assert all(any(c["target"] == "sglang.srt.layers.rope.rope" for c in x["compiles"]) for x in recs)
 
 

@@ -11,10 +11,10 @@ import os
 import subprocess
 
 import pytest
-from conftest import RESULT, ROOT, TESTS, clean_env
+from conftest import RELEASES, RESULT, ROOT, TESTS, clean_env
 from test_real_sglang import needs_sglang, sglang_python
 
-VERSIONS = ("0.5.13", "0.5.23")
+VERSIONS = RELEASES  # both with NPU_COMPAT_TEST_RELEASES=all (conftest)
 
 SIMULATE = """
 from support import fake_npu, npu_stubs

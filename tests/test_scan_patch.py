@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import RESULT, ROOT, TESTS, clean_env
+from conftest import RELEASES, RESULT, ROOT, TESTS, clean_env
 
 from npu_compat.scan import scan
 from npu_compat.scan.patch import Want, make_patch
@@ -423,7 +423,7 @@ def patched(tmp_path_factory):
 
 
 @needs_sglang
-@pytest.mark.parametrize("version", ["0.5.13", "0.5.23"])
+@pytest.mark.parametrize("version", ["0.5.13", "0.5.23"])  # both always: the patch differs per release
 def test_real_tree_default_patch_applies_compiles_and_scans_guarded(tmp_path, patched, version):
     src, copy, proc, files = patched(version)
     guards, expect = _expected(version)
@@ -469,7 +469,7 @@ def test_real_tree_default_patch_applies_compiles_and_scans_guarded(tmp_path, pa
 
 @needs_sglang
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("version", ["0.5.13", "0.5.23"])
+@pytest.mark.parametrize("version", RELEASES)
 def test_real_tree_patched_on_simulated_npu_upstream_fixed_nothing_compiled(patched, version):
     src, copy, _, _ = patched(version)
     guards, expect = _expected(version)
@@ -487,7 +487,7 @@ def test_real_tree_patched_on_simulated_npu_upstream_fixed_nothing_compiled(patc
 
 @needs_sglang
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("version", ["0.5.13", "0.5.23"])
+@pytest.mark.parametrize("version", RELEASES)
 def test_real_tree_patched_off_npu_every_site_compiled_as_before(patched, version):
     src, copy, _, _ = patched(version)
     guards, expect = _expected(version)
