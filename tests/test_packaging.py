@@ -113,7 +113,7 @@ def test_the_sdist_runs_its_own_tests(dists, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
          "tests/test_scan.py", "tests/test_sitedir.py", "tests/test_log.py",
-         "tests/test_docs.py::test_ci_runs_the_readmes_four_commands_verbatim", "-k", "not patch_decision and not on_npu",
+         "tests/test_docs.py::test_ci_runs_the_readmes_five_commands_verbatim", "-k", "not patch_decision and not on_npu",
          "-c", "pyproject.toml", "--rootdir", "."],
         cwd=tree, env=env, capture_output=True, text=True, timeout=600,
     )

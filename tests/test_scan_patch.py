@@ -423,7 +423,7 @@ def patched(tmp_path_factory):
 
 
 @needs_sglang
-@pytest.mark.parametrize("version", ["0.5.13", "0.5.23"])  # both always: the patch differs per release
+@pytest.mark.parametrize("version", RELEASES)
 def test_real_tree_default_patch_applies_compiles_and_scans_guarded(tmp_path, patched, version):
     src, copy, proc, files = patched(version)
     guards, expect = _expected(version)
