@@ -141,10 +141,7 @@ report.emit(helpers=report.describe(m), states=report.states(),
         assert warnings == []
 
 
-def test_strict_turns_incompatible_into_a_clear_error(tree):
-    _, r = run_py(
-        NPU
-        + """
+STRICT_IMPORT = """
 import npu_compat
 from support import report
 try:
@@ -153,7 +150,12 @@ try:
 except npu_compat.NpuCompatError as exc:
     err = str(exc)
 report.emit(err=err)
-""",
+"""
+
+
+def test_strict_turns_incompatible_into_a_clear_error(tree):
+    _, r = run_py(
+        NPU + STRICT_IMPORT,
         tree=tree("changed_signature"),
         env={"NPU_COMPAT_STRICT": "1"},
     )
@@ -163,17 +165,7 @@ report.emit(err=err)
 
 def test_strict_errors_name_the_value_that_turned_it_on(tree):
     _, r = run_py(
-        NPU
-        + """
-import npu_compat
-from support import report
-try:
-    import sglang.srt.managers.overlap_utils
-    err = None
-except npu_compat.NpuCompatError as exc:
-    err = str(exc)
-report.emit(err=err)
-""",
+        NPU + STRICT_IMPORT,
         tree=tree("changed_signature"),
         env={"NPU_COMPAT_STRICT": " true"},
     )

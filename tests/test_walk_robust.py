@@ -108,13 +108,19 @@ class Holder:
 '''
 
 
-def test_a_binding_made_while_the_guarded_module_executed_is_rewired(tmp_path):
+def _bottom_bound_tree(tmp_path):
+    """A fixture tree whose rotary utils binds the guarded function elsewhere from its last line."""
     root = make_tree(tmp_path)
     pkg = tmp_path / "tree" / "sglang" / "srt" / "layers" / "rotary_embedding"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "utils.py").write_text(textwrap.dedent(BOTTOM))
     (pkg / "late_user.py").write_text(textwrap.dedent(LATE_USER))
+    return root
+
+
+def test_a_binding_made_while_the_guarded_module_executed_is_rewired(tmp_path):
+    root = _bottom_bound_tree(tmp_path)
     _, r = run_py(
         NPU + """
 import npu_compat
@@ -138,12 +144,7 @@ report.emit(site=_wrappers.kind(vars(utils)[name]), late=_wrappers.kind(vars(lat
 def test_records_decided_before_torch_npu_loaded_are_decided_again_on_npu(tmp_path):
     # torch < 2.5 or TORCH_DEVICE_BACKEND_AUTOLOAD=0: torch_npu is imported
     # after sglang's modules; they were decided not-needed then.
-    root = make_tree(tmp_path)
-    pkg = tmp_path / "tree" / "sglang" / "srt" / "layers" / "rotary_embedding"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "utils.py").write_text(textwrap.dedent(BOTTOM))
-    (pkg / "late_user.py").write_text(textwrap.dedent(LATE_USER))
+    root = _bottom_bound_tree(tmp_path)
     (tmp_path / "tree" / "torch_npu").mkdir()
     (tmp_path / "tree" / "torch_npu" / "__init__.py").write_text("from support import fake_npu\nfake_npu.install()\n")
     _, r = run_py(
