@@ -181,6 +181,13 @@ class Entry:
     def made_eager(self, by, why):
         if self.fell_back is None:
             self.eager, self.eager_by, self.why = True, by, why
+            audit.changed(self)
+
+    def set_fell_back(self, info, why):
+        """Flip to eager for good after an NPU compile failure (``info``: stage, type, message)."""
+        self.fell_back = info
+        self.eager, self.eager_by, self.why = True, "fallback", why
+        audit.changed(self)
 
     def called(self):
         """Whether dynamo has compiled (so: run) this site: True, False or None (cannot tell)."""
@@ -230,12 +237,24 @@ class Audit:
         self.entries = {}  # (target, where) -> Entry, in order of first sight
         self.by_code = {}  # id(code) -> (code, Entry)
         self.made_eager = weakref.WeakValueDictionary()  # id(fn) -> fn made eager at definition
+        # Called with the entry (or None) whenever the audit's answer changes: a site
+        # seen, made eager, run for the first time, fallen back.  The report writer
+        # listens here; a listener must be cheap and must never raise.
+        self.listeners = []
+
+    def changed(self, entry=None):
+        for listener in tuple(self.listeners):
+            try:
+                listener(entry)
+            except Exception:
+                pass
 
     def entry(self, site, target, where, backend, source, when, fallback=True):
         key = (target, where)
         e = self.entries.get(key)
         if e is None:
             e = self.entries[key] = Entry(site, target, where, backend, source, when, fallback)
+            self.changed(e)
         return e
 
     def of(self, fn):

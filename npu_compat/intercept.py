@@ -488,9 +488,10 @@ def fell_back(entry, stage, exc, rerun):
     with _lock:
         if entry.fell_back is not None:
             return
-        entry.fell_back = {"stage": stage, "type": type(exc).__name__, "message": first_line(exc)}
-        entry.eager, entry.eager_by = True, "fallback"
-        entry.why = f"torch.compile failed on NPU ({stage}): npu_compat fell back to eager"
+        entry.set_fell_back(
+            {"stage": stage, "type": type(exc).__name__, "message": first_line(exc)},
+            f"torch.compile failed on NPU ({stage}): npu_compat fell back to eager",
+        )
     what = "this call was served eagerly" if rerun else "this call raised the error (it may have changed its inputs)"
     _log.warning(
         "npu_compat: torch.compile of %s (%s) failed on NPU at %s: %s: %s; %s and later calls run eagerly "
