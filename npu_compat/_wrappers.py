@@ -13,7 +13,7 @@ Only a function's own ``__dict__`` and closure cells are read: never
 (sglang keeps lazy-import proxies among its globals).
 """
 
-from types import FunctionType
+from types import FunctionType, MethodType
 
 PLAIN = "plain"  # a Python function with no torch wrapper: eager
 COMPILED = "compiled"  # a torch.compile wrapper
@@ -91,3 +91,32 @@ def eager_of(obj):
 def provably_plain(obj):
     """True only for a plain Python function that no torch wrapper has touched."""
     return kind(obj) == PLAIN and "__wrapped__" not in obj.__dict__
+
+
+def unwrapped(obj):
+    """``obj`` under the ``functools.wraps`` layers of plain functions (``torch.no_grad()(fn)``)."""
+    for _ in range(8):
+        if type(obj) is not FunctionType:
+            break
+        inner = obj.__dict__.get("__wrapped__")
+        if inner is None:
+            break
+        obj = inner
+    return obj
+
+
+def source_of(obj, watched=("sglang",)):
+    """``file:line`` of what is compiled, the path from its package's directory."""
+    obj = unwrapped(obj)
+    if type(obj) is MethodType:
+        obj = unwrapped(obj.__func__)
+    code = getattr(obj, "__code__", None) if type(obj) is FunctionType else None
+    if code is None:
+        return "?"
+    path = code.co_filename.replace("\\", "/")
+    for top in watched:
+        cut = path.rfind(f"/{top}/")
+        if cut >= 0:
+            path = path[cut + 1 :]
+            break
+    return f"{path}:{code.co_firstlineno}"

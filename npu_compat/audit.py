@@ -279,12 +279,10 @@ def existing(holder, attr, fn, why, by=None, fallback=True):
     owner = holder.__dict__.get("__module__") if isinstance(holder, type) else holder.__name__
     where = f"{owner}:{holder.__qualname__ + '.' if isinstance(holder, type) else ''}{attr}"
     site = f"{mod}:{qual}" if "<" not in qual else where
-    from npu_compat import intercept
-
     e = audit.of(eager) if eager is not None else None
     if e is None:
         backend = "unknown (compiled before npu_compat watched)"
-        e = audit.entry(site, f"{mod}.{qual}", where, backend, intercept.source_of(eager), "found loaded", fallback)
+        e = audit.entry(site, f"{mod}.{qual}", where, backend, _wrappers.source_of(eager), "found loaded", fallback)
         e.seen(eager)
     if why is not None:
         e.made_eager(by or "setting", why)

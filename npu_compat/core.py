@@ -29,7 +29,7 @@ another thread's import happens while it is held.
 import sys
 
 import npu_compat
-from npu_compat import NpuCompatError, _env, _log, _wrappers, apply, audit, device, intercept, registry
+from npu_compat import NpuCompatError, _env, _log, _wrappers, apply, audit, device, fallback, intercept, registry
 from types import FunctionType
 
 from npu_compat.apply import (  # noqa: F401 - the states are part of this module's API
@@ -536,7 +536,7 @@ def _audit_record(rec, module, outcome):
         where = f"{rec.module}:{rec.qualname}"
         entry = audit.audit.entry(
             f"{rec.module}:{rec.qualname}", f"{rec.module}.{rec.qualname}", where,
-            "unknown (compiled before npu_compat watched)", intercept.source_of(eager), "found loaded",
+            "unknown (compiled before npu_compat watched)", _wrappers.source_of(eager), "found loaded",
         )  # fmt: skip
         entry.seen(eager)
     how = "npu_compat's own implementation" if rec.kind == "implementation" else "its own eager function"
@@ -549,7 +549,7 @@ def _wrapper_codes(torch):
     if _state.codes is None and torch is not None and "torch._dynamo" in sys.modules:
         codes = apply.wrapper_codes(torch)  # None while torch is half-imported
         if codes:
-            _state.codes = codes | {id(intercept.GUARD_CODE)}
+            _state.codes = codes
     return _state.codes
 
 
@@ -569,6 +569,7 @@ def _npu_setup(gen):
             if not _light.active or gen != _light.generation or _state.npu_ready == gen:
                 return
             _state.npu_ready = gen
+            fallback.rearm()
             if _state.setting.files:
                 known = {r.name for r in records()}
                 before = _state.setting.names
@@ -631,17 +632,16 @@ def _found(holder, attr, fn):
     site, _ = intercept.site_of(eager, owner, attr)
     backend = _backend_of(fn)
     why, by, kept = _decide(eager, site, None, owner, attr, backend)
-    already = intercept.is_fallback(fn)
-    entry = audit.existing(holder, attr, fn, why, by, fallback=_state.fallback) if not already else None
+    entry = audit.existing(holder, attr, fn, why, by, fallback=_state.fallback)
     if why is not None:
         return eager
-    if already or not _state.fallback:
+    if not _state.fallback or fallback.is_armed(fn):
         return None
     entry.kept = kept
     interceptor = _state.interceptor
     optimize = interceptor.original if interceptor is not None else None
-    rebuild = intercept.rebuilder(fn, eager, entry, optimize) if optimize is not None else None
-    return intercept.guard(fn, eager, entry, rebuild)
+    intercept.arm_existing(fn, eager, entry, optimize)  # in place: every binding keeps torch's wrapper
+    return None
 
 
 def _backend_of(fn):
@@ -737,6 +737,7 @@ def deactivate():
                     p.target,
                 )
         apply.restore(_state.swaps)
+        fallback.disarm()
         if _state.interceptor is not None:
             _state.interceptor.uninstall()
             _state.interceptor = None

@@ -170,21 +170,36 @@ report.emit(first=first, second=second, want=eager({args}).tolist(), frames_afte
     assert off["entry"]["fell_back"] is None and off["entry"]["eager"] is False
 
 
-def test_a_graph_that_may_have_written_its_inputs_reraises_then_later_calls_run_eagerly(tmp_path):
+@pytest.mark.parametrize("limit", ["default", "0"])
+def test_a_graph_that_writes_its_inputs_is_rerun_only_from_a_copy(tmp_path, limit):
+    """A first run that fails is run again eagerly only after what it may write is put back.
+
+    With the copy allowed (a small buffer) the call is served eagerly and the
+    buffer is written once; with nothing allowed to be copied the original
+    error reaches the caller and later calls run eagerly.
+    """
     proc, r = run_py(
-        NPU + TRACE + "import npu_compat\n" + HELPERS + """
+        NPU + TRACE + "import npu_compat\n" + HELPERS + f"""
+from npu_compat import fallback
+if {limit!r} == "0":
+    fallback.SNAPSHOT_LIMIT = 0
 import sglang.srt.layers.ops as ops
 buf = torch.arange(6.)
 first = attempt(ops.invalidate, buf, torch.tensor([1]))
+buf1 = buf.tolist()
 buf2 = torch.arange(6.)
 second = attempt(ops.invalidate, buf2, torch.tensor([1]))
-report.emit(first=first, second=second, buf2=buf2.tolist(), entry=entry("invalidate"))
+report.emit(first=first, buf1=buf1, second=second, buf2=buf2.tolist(), entry=entry("invalidate"))
 """,
         tree=make_tree(tmp_path),
         env={"NPU_STUB_TORCHAIR": "fail-first-run"},
     )
-    assert r["first"]["raised"] == "GeError"  # never run twice: the original error reaches the caller
-    assert r["second"] == {"ok": 13.0} and r["buf2"] == [0.0, -1.0, 2.0, 3.0, 4.0, 5.0]
+    written = [0.0, -1.0, 2.0, 3.0, 4.0, 5.0]
+    if limit == "0":
+        assert r["first"]["raised"] == "GeError"  # never run twice: the original error reaches the caller
+    else:
+        assert r["first"] == {"ok": 13.0} and r["buf1"] == written
+    assert r["second"] == {"ok": 13.0} and r["buf2"] == written
     assert r["entry"]["fell_back"]["stage"] == "first run"
     assert len(warnings_of(proc, "sglang.srt.layers.ops:invalidate")) == 1
 
@@ -203,11 +218,11 @@ report.emit(big=big, after_big=after_big, small=small, entry=entry("checked"))
         env={"NPU_STUB_TORCHAIR": mode},
     )
     assert r["big"] == {"raised": "ValueError", "msg": "values too large"}
-    assert r["after_big"] is None  # the function's own error is no compile failure
     assert r["small"] == {"ok": [2.0, 2.0]}
-    if mode:
-        assert r["entry"]["fell_back"]["type"] == "GeError"
+    if mode:  # the backend failed first (evidence): the frame ran eagerly and raised its own error
+        assert r["after_big"]["type"] == "GeError" and r["entry"]["fell_back"]["type"] == "GeError"
     else:
+        assert r["after_big"] is None  # the function's own error is no compile failure
         assert r["entry"]["fell_back"] is None and r["entry"]["called"] is True
 
 
@@ -227,19 +242,20 @@ x, i = torch.arange(6.), torch.tensor([1, 3])
 first, second = attempt(ops.gather, x, i), attempt(ops.gather, x, i)
 buf = torch.arange(6.)
 inv = attempt(ops.invalidate, buf, torch.tensor([1]))
+from npu_compat import fallback
 report.emit(first=first, second=second, rebound=ops.gather is not before, entry=entry("gather"),
-            inv=inv, inv_entry=entry("invalidate"), route=npu_compat.route())
+            inv=inv, inv_buf=buf.tolist(), inv_entry=entry("invalidate"), route=npu_compat.route(),
+            armed=fallback.is_armed(ops.gather), kind=_wrappers.kind(ops.gather))
 """,
         tree=make_tree(tmp_path),
         env={"NPU_STUB_TORCHAIR": mode},
     )
-    assert r["route"] == "plugin" and r["rebound"] is True
+    # armed in place: every binding keeps torch's own compile wrapper
+    assert r["route"] == "plugin" and r["rebound"] is False and r["armed"] is True and r["kind"] == "compiled"
     assert r["first"] == {"ok": [1.0, 3.0]} and r["second"] == {"ok": [1.0, 3.0]}
     assert r["entry"]["fell_back"]["stage"] == stage and r["entry"]["when"] == "found loaded"
-    if stage == "first run":
-        assert r["inv"]["raised"] == "GeError"  # it writes into its input: not run twice
-    else:
-        assert r["inv"] == {"ok": 13.0}
+    # it writes into its input: run again only from a copy, so the buffer is written once
+    assert r["inv"] == {"ok": 13.0} and r["inv_buf"] == [0.0, -1.0, 2.0, 3.0, 4.0, 5.0]
     assert len(warnings_of(proc, "sglang.srt.layers.ops:gather")) == 1
 
 
