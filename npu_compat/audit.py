@@ -161,7 +161,7 @@ class Entry:
 
     __slots__ = (
         "site", "target", "where", "source", "backend", "eager", "eager_by", "why", "kept", "when",
-        "fell_back", "fallback", "codes",
+        "fell_back", "fallback", "codes", "speed", "ran",
     )  # fmt: skip
 
     def __init__(self, site, target, where, backend, source, when, fallback=True):
@@ -171,6 +171,8 @@ class Entry:
         self.fell_back = None  # {"stage", "type", "message"} once its compile failed
         self.fallback = fallback
         self.codes = []  # code objects of what was compiled here (never the functions themselves)
+        self.speed = None  # NPU_COMPAT_SPEED's measurement: compiled_us, eager_us, samples, spread, picked
+        self.ran = False  # a graph of it ran successfully (seen by the fallback's graph wrapper)
 
     def seen(self, fn):
         code = _code_of(fn)
@@ -182,6 +184,14 @@ class Entry:
         if self.fell_back is None:
             self.eager, self.eager_by, self.why = True, by, why
             audit.changed(self)
+
+    def set_ran(self):
+        self.ran = True
+        audit.changed(self)
+
+    def set_speed(self, record):
+        self.speed = record
+        audit.changed(self)
 
     def set_fell_back(self, info, why):
         """Flip to eager for good after an NPU compile failure (``info``: stage, type, message)."""
@@ -215,6 +225,7 @@ class Entry:
             "when": self.when,
             "called": self.called(),
             "fell_back": dict(self.fell_back) if self.fell_back else None,
+            "speed": dict(self.speed) if self.speed else None,
         }
 
 

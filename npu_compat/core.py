@@ -29,7 +29,7 @@ another thread's import happens while it is held.
 import sys
 
 import npu_compat
-from npu_compat import NpuCompatError, _env, _log, _wrappers, apply, audit, device, fallback, intercept, registry
+from npu_compat import NpuCompatError, _env, _log, _wrappers, apply, audit, device, fallback, intercept, registry, speed
 from types import FunctionType
 
 from npu_compat.apply import (  # noqa: F401 - the states are part of this module's API
@@ -576,6 +576,11 @@ def _npu_setup(gen):
                 _state.setting = audit.read_lists(_state.setting, known, npu_compat.WATCHED_PACKAGES)
                 reevaluate = sorted({r.module for r in records() if r.name in _state.setting.names - before})
             _state.fallback = audit.fallback_enabled()
+            speed.MODE[0] = speed.read_setting()
+            if speed.MODE[0] and not _state.fallback:
+                _log.warning("npu_compat: NPU_COMPAT_SPEED=%s needs the fallback: NPU_COMPAT_FALLBACK=0 turns it off too",
+                             speed.MODE[0])  # fmt: skip
+                speed.MODE[0] = None
             watched = npu_compat.WATCHED_PACKAGES
             # No torch._dynamo yet: nothing in this process was compiled, so no probe, no walk
             # (the hook below sees every compile from the first one on).
@@ -738,6 +743,7 @@ def deactivate():
                 )
         apply.restore(_state.swaps)
         fallback.disarm()
+        speed.detach_all()
         if _state.interceptor is not None:
             _state.interceptor.uninstall()
             _state.interceptor = None

@@ -304,13 +304,14 @@ def graph(compiled, gm, entry):
     """``compiled`` (one graph), with its first run watched and, after a fallback, run eagerly."""
     writes = written_inputs(gm)  # placeholder positions it may write, or None: cannot tell
     state = [False]  # has it run once without error?
+    eager = _settled(getattr(gm, "forward", gm))  # the graph op by op (no nn.Module call machinery)
 
     def run(*args):
         if entry.fell_back is not None and _on[0]:
-            return gm(*args)  # the site fell back: its compiled graphs run eagerly too
+            return eager(*args)  # the site fell back: its compiled graphs run eagerly too
         if state[0] or not _on[0] or not entry.fallback:
             return compiled(*args)
-        return _first_run(compiled, gm, entry, writes, state, args)
+        return _first_run(compiled, eager, entry, writes, state, args)
 
     d = getattr(compiled, "__dict__", None)
     if isinstance(d, dict):
@@ -319,7 +320,7 @@ def graph(compiled, gm, entry):
     return run
 
 
-def _first_run(compiled, gm, entry, writes, state, args):
+def _first_run(compiled, eager, entry, writes, state, args):
     saved = _snapshot(args, writes)
     try:
         out = compiled(*args)
@@ -327,9 +328,8 @@ def _first_run(compiled, gm, entry, writes, state, args):
         error = exc
     else:
         state[0] = True
-        from npu_compat import audit
-
-        audit.audit.changed(entry)  # a site's first successful run: the audit's answer changed
+        if not entry.ran:
+            entry.set_ran()  # a site's first successful run: the audit's answer changed
         return out
     try:
         if saved is None:
@@ -337,7 +337,7 @@ def _first_run(compiled, gm, entry, writes, state, args):
             raise error
         _restore(saved)
         try:
-            out = gm(*args)
+            out = eager(*args)
         except Exception:
             raise  # fails eagerly too: the program's own error, not the compiler's; the site stays
         fell_back(entry, "first run", error, "the graph ran eagerly (its inputs and random state put back first)")

@@ -31,7 +31,7 @@ made is read from the wrapper's context), so they are covered the same way.
 import sys
 from types import FunctionType, MethodType
 
-from npu_compat import _wrappers, audit, fallback
+from npu_compat import _wrappers, audit, fallback, speed
 
 NPU_BACKEND_NAMES = frozenset(("npu", "npugraph_ex", "npugraphs", "torchair"))
 NPU_BACKEND_PACKAGES = frozenset(("torchair", "torch_npu"))
@@ -201,7 +201,10 @@ def arm_existing(wrapper, eager, entry, optimize):
             new = optimize(backend=wrapped, nopython=d["fullgraph"], dynamic=d["_dynamic"])
             return vars(new).get("callback"), wrapped
 
-    return fallback.arm_wrapper(wrapper, entry, make)
+    armed = fallback.arm_wrapper(wrapper, entry, make)
+    if armed and ctx is not None:
+        speed.attach(ctx, eager, entry)
+    return armed
 
 
 # --- the hook on torch._dynamo.optimize ---------------------------------------------------------
@@ -336,4 +339,5 @@ class Interceptor:
             kwargs = dict(kwargs, backend=wrapped)
         ctx = self.original(*args, **kwargs)
         fallback.arm_context(ctx, entry, wrapped)  # before it is applied: torch's wrapper reads the callback then
+        speed.attach(ctx, model, entry)  # NPU_COMPAT_SPEED: nothing unless asked for
         return ctx(model)
