@@ -79,6 +79,7 @@ class Meter:
 
     def __init__(self, entry, code, hooks, pick):
         self.entry, self.code, self.hooks, self.pick = entry, code, hooks, pick
+        self.capturing = None  # the device modules' is_current_stream_capturing, found on the first timed call
         self.sig, self.turn, self.other, self.eager, self.timer = None, False, 0, False, None
         self.samples = {"compiled": [], "eager": []}
         self.pending = []  # (variant, start event, end event) not read back yet
@@ -89,12 +90,19 @@ class Meter:
         """torch's compile wrapper calls this before each call; what it returns, after."""
         if not self.entry.ran or self.entry.fell_back is not None:
             return _nothing
-        args = _call_args()
-        if args is None or _capturing(args):
-            return _nothing  # graph capture: as sglang made it, never timed
-        if self.eager:
-            _strategy(self.code, skip=True)
+        if self.eager:  # picked: as cheap as it can be (no frame reading)
+            if self._capturing():
+                return _nothing  # graph capture: compiled, as sglang made it
+            _set_strategy(self.code, _SKIP[0])
             return self._back_to_default
+        t = time.perf_counter_ns()
+        args = _call_args()
+        if args is None:
+            return _nothing
+        if self.capturing is None:
+            self.capturing = _capture_checks(args)
+        if self._capturing():
+            return _nothing  # graph capture: as sglang made it, never timed
         sig = _signature(args)
         if self.sig is None:
             self.sig = sig
@@ -107,7 +115,7 @@ class Meter:
         self.turn = not self.turn
         self.calls[variant] += 1
         if variant == "eager":
-            _strategy(self.code, skip=True)
+            _set_strategy(self.code, _SKIP[0])
         events = _events(args)
         if events is not None:
             self.timer = "device events"
@@ -117,24 +125,31 @@ class Meter:
             def done():
                 end.record()
                 if variant == "eager":
-                    _strategy(self.code, skip=False)
+                    _set_strategy(self.code, _DEFAULT[0])
                 self.pending.append((variant, start, end))
                 self._collect()
 
             return done
-        self.timer = "wall"
-        t = time.perf_counter_ns()
+        self.timer = "wall"  # from the hook's start: what the hook costs is in both variants
 
         def done():
-            us = (time.perf_counter_ns() - t) / 1e3
             if variant == "eager":
-                _strategy(self.code, skip=False)
-            self._add(variant, us)
+                _set_strategy(self.code, _DEFAULT[0])
+            self._add(variant, (time.perf_counter_ns() - t) / 1e3)
 
         return done
 
     def _back_to_default(self):
-        _strategy(self.code, skip=False)
+        _set_strategy(self.code, _DEFAULT[0])
+
+    def _capturing(self):
+        for fn in self.capturing or ():
+            try:
+                if fn() is True:
+                    return True
+            except Exception:
+                continue
+        return False
 
     def _collect(self):
         while self.pending:
@@ -209,20 +224,24 @@ class Meter:
             pass
         if self.eager:
             self.eager = False
-            _strategy(self.code, skip=False)
+            _set_strategy(self.code, _DEFAULT[0])
 
 
 def _nothing():
     pass
 
 
-def _strategy(code, skip):
-    """Dynamo off (skip) or back to normal for ``code``, this and nested frames."""
-    from torch._C._dynamo.eval_frame import set_code_exec_strategy
-    from torch._dynamo.types import FrameAction, FrameExecStrategy
+# Dynamo's per-code frame strategies: SKIP (this frame and nested ones run as plain
+# Python, the cache is not consulted) and DEFAULT; resolved once, in supported().
+_SKIP, _DEFAULT = [None], [None]
 
-    action = FrameAction.SKIP if skip else FrameAction.DEFAULT
-    set_code_exec_strategy(code, FrameExecStrategy(action, action))
+
+def _set_strategy(code, strategy):
+    from torch._C._dynamo.eval_frame import set_code_exec_strategy
+
+    global _set_strategy
+    _set_strategy = set_code_exec_strategy  # the C function itself from now on
+    set_code_exec_strategy(code, strategy)
 
 
 def _call_args():
@@ -269,27 +288,27 @@ def _events(args):
         return None
 
 
-def _capturing(args):
-    """Whether the device captures a graph now (NPU's module, and the inputs' device's)."""
+def _capture_checks(args):
+    """``is_current_stream_capturing`` of NPU's device module and of the inputs' device's."""
     import torch
 
-    for module in (getattr(torch, "npu", None), _device_module(args)):
+    out = []
+    for module in (torch.__dict__.get("npu"), _device_module(args)):
         fn = getattr(module, "is_current_stream_capturing", None) if module is not None else None
-        if fn is None:
-            continue
-        try:
-            if fn() is True:
-                return True
-        except Exception:
-            continue
-    return False
+        if callable(fn) and fn not in out:
+            out.append(fn)
+    return tuple(out)
 
 
 def supported():
+    if _SKIP[0] is not None:
+        return True
     try:
         from torch._C._dynamo.eval_frame import set_code_exec_strategy  # noqa: F401
-        from torch._dynamo.types import FrameAction, FrameExecStrategy  # noqa: F401
+        from torch._dynamo.types import FrameAction, FrameExecStrategy
 
+        _SKIP[0] = FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP)
+        _DEFAULT[0] = FrameExecStrategy(FrameAction.DEFAULT, FrameAction.DEFAULT)
         return True
     except Exception:
         return False
