@@ -17,6 +17,7 @@ import time
 import pytest
 from conftest import ROOT, TESTS, clean_env
 from test_fallback import NPU, make_tree
+from test_real_sglang import needs_sglang, sglang_python  # noqa: F401 - needs_sglang's condition reads it
 
 from npu_compat import audit as npu_audit
 from npu_compat import auditview
@@ -65,9 +66,9 @@ def wait_for(fn, deadline_s=120, what="the report line"):
     raise AssertionError(f"no {what} within {deadline_s} s")
 
 
-def run_audit(*args):
+def run_audit(*args, **env):
     proc = subprocess.run([sys.executable, "-m", "npu_compat", "audit", *map(str, args)],
-                          env=clean_env(PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)  # fmt: skip
+                          env=clean_env(PYTHONPATH=ROOT, **env), capture_output=True, text=True, timeout=120)  # fmt: skip
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -107,6 +108,95 @@ def test_a_running_processes_fallback_is_in_the_report_within_a_second(tmp_path)
     finally:
         p.kill()
         p.communicate(timeout=60)
+
+
+# sglang's launcher, cut down: in the real-sglang venv (0.5.23 tree), it starts schedulers on the simulated NPU
+# (each falls back, then serves), watches the report until each one's fallback is there, and ends them the
+# way sglang does: its own kill_process_tree, psutil's child.kill() (SIGKILL) on every child.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+report, logs, n, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+env = dict(os.environ, PYTHONPATH=path)
+kids = [subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=open(f"{logs}/{i}.out", "w"),
+                         stderr=open(f"{logs}/{i}.err", "w")) for i in range(n)]
+def fell(pid):
+    try:
+        lines = open(report).read().splitlines()
+    except FileNotFoundError:
+        return False
+    for x in lines:
+        try:
+            rec = json.loads(x)
+        except ValueError:
+            continue
+        if rec.get("pid") == pid and any(c["site"] == SITE and c["fell_back"] for c in rec["compiles"]):
+            return True
+    return False
+def printed(i):
+    return "FELL" in open(f"{logs}/{i}.out").read()
+def wait(ok, deadline_s):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end and not ok():
+        time.sleep(0.1)
+    return ok()
+# each child says when it fell back (generous: two busy cores), then its line must follow: the writer's
+# delay is under a second; a report written only at exit never has it
+try:
+    from sglang.srt.utils.common import kill_process_tree   # only this module (~45 of sglang's), no scheduler
+    wait(lambda: all(printed(i) or k.poll() is not None for i, k in enumerate(kids)), 300)
+    wait(lambda: all(fell(k.pid) for k in kids), 30)
+    out = {"pids": [k.pid for k in kids], "printed": [printed(i) for i in range(n)],
+           "in_report": [fell(k.pid) for k in kids], "running": [k.poll() is None for k in kids]}
+    kill_process_tree(os.getpid(), include_parent=False)    # sglang's own: SIGKILL, waits for the reap
+    out["returncodes"] = [k.wait(timeout=60) for k in kids]
+finally:
+    for k in kids:
+        if k.poll() is None:    # the launcher failed before its kill: leave no child behind
+            k.kill()
+print("RESULT:" + json.dumps(out), flush=True)
+"""
+
+
+@needs_sglang
+def test_schedulers_ended_by_sglangs_kill_process_tree_are_counted_with_their_fallbacks(tmp_path):
+    """The issue's real case: sglang 0.5.23's kill_process_tree ends a process tree whose children fell back on
+    the (simulated) NPU; the audit counts each child once, with its fallback, as killed; the table fits 80."""
+    n = 2
+    report, logs = tmp_path / "npu.jsonl", tmp_path / "logs"
+    logs.mkdir()
+    py = sglang_python()
+    sglang_0_5_23 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(py))), "sglang-0.5.23")
+    # the launcher: this checkout first (the venv's editable npu_compat may be another), 0.5.23, tests/;
+    # its children: the fixture's sglang-shaped tree instead of 0.5.23, then this checkout
+    code = f"CHILD = {textwrap.dedent(FALLS_BACK)!r}\nSITE = {SITE!r}\n" + textwrap.dedent(LAUNCHER)
+    env = clean_env(PYTHONPATH=os.pathsep.join([ROOT, sglang_0_5_23, TESTS]), NPU_COMPAT_REPORT=str(report))
+    child_path = os.pathsep.join([make_tree(tmp_path), ROOT, TESTS])
+    proc = subprocess.run([py, "-c", code, *map(str, (report, logs, n, child_path))], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    got = [json.loads(x[len("RESULT:") :]) for x in proc.stdout.splitlines() if x.startswith("RESULT:")]
+    kids = "".join(f"\n--- child {f.name}:\n{f.read_text()[-3000:]}" for f in sorted(logs.iterdir()))
+    assert proc.returncode == 0 and got, f"rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}{kids}"
+    r = got[0]
+    assert r["printed"] == [True] * n and r["running"] == [True] * n, (r, kids)
+    assert r["in_report"] == [True] * n, ("a running child's fallback is not in the report", r, kids)
+    assert r["returncodes"] == [-signal.SIGKILL] * n, r  # killed: no exit handler ran
+    recs = lines_of(report)
+    assert {x["pid"] for x in recs} == set(r["pids"])  # the launcher (not on NPU) writes nothing
+    assert not any(x["exit"] for x in recs)
+
+    rc, text, err = run_audit("--json", report)
+    assert rc == 0, err
+    audit = json.loads(text)
+    assert audit["processes"] == n and audit["not_exited"] == n, audit
+    assert sorted(p["pid"] for p in audit["process_list"]) == sorted(r["pids"])  # each child once
+    assert all(p["exit"] is False and p["lines"] >= 2 for p in audit["process_list"])
+    (site,) = [s for s in audit["sites"] if s["site"] == SITE]
+    assert site["processes"] == n and site["fell_back"] == n and site["eager_by"]["fallback"] == n, site
+
+    rc, table, err = run_audit(report, COLUMNS="80")
+    assert rc == 0, err
+    assert f"{n} processes on 1 host(s)" in table and f"{n} of them without an exit line" in table, table
+    assert max(map(len, table.splitlines())) <= 80, table
 
 
 WRITER = """
