@@ -99,7 +99,10 @@ def parse_eager(raw, known_names, watched):
 
 
 def read_lists(setting, known_names, watched):
-    """``setting`` with the sites and names of its ``@PATH`` files added (one WARNING per bad file)."""
+    """``setting`` with the sites and names of its ``@PATH`` files added (one WARNING per bad file).
+
+    A file may name ``module:qualname`` sites and guard names only; anything
+    else (``all``, ``everything``, ``@PATH``) is named in the WARNING and ignored."""
     out = setting
     for path in setting.files:
         try:
@@ -120,7 +123,11 @@ def read_lists(setting, known_names, watched):
             if text:
                 items.append(text)
                 numbers.append(n)
-        mode, names, sites, _, bad = _items(items, known_names, watched, files_ok=False)
+        # A list file holds sites and guard names only: a mode (all, everything) named in a
+        # file, maybe one line appended to a shared report, would make unrelated sites eager.
+        listed = [t for t in items if t.lower() in known_names or _site(t, watched) is not None]
+        mode, names, sites, _, _ = _items(listed, known_names, watched, files_ok=False)
+        bad = [t for t in items if t not in listed]
         if bad:
             where = ", ".join(f"line {numbers[items.index(b)]}: {_log.short(b)}" for b in bad[:3])
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""

@@ -1,32 +1,41 @@
 """``npu-compat audit FILE...``: one view of the ``NPU_COMPAT_REPORT`` lines of
 every process of a run (the engine, each rank's scheduler, every node).
 
-Files are read line by line (a file of 100,000 lines is never held whole):
-each line is folded into per-site counters and dropped.  A bad line (not
-JSON, cut short by a process killed mid-write, of another report format)
+Files are read line by line (a file of 100,000 lines is never held whole).
+A process (``report_format`` 3) writes a line each time its state changes
+and one at exit; it is one process by host, pid and start time, and only
+its latest line counts (kept as small per-site flags until the end).
+Lines of formats 1 and 2 were written at exit only: each is a process of
+its own, folded in at once.  Every line is checked before any of it is
+used: a bad one (not JSON, nested too deep, a NaN, a field of the wrong
+type, cut short by a process killed mid-write, of another report format)
 is named on stderr and skipped; the rest is still merged.
 
-The line format is ``report_format`` 2 (docs/audit.md).  Lines without the
-field come from the writer of npu-compat 0.2.0 before the format had a
-number: they are read too, and the fields they lack (``site``, ``eager_by``)
-are derived from ``target`` and ``why``.
+Lines without ``report_format`` come from the writer of npu-compat 0.2.0
+before the format had a number: they are read too, and the fields they lack
+(``site``, ``eager_by``) are derived from ``target`` and ``why``.
 """
 
 import argparse
 import json
+import math
 import os
+import re
 import stat
 import sys
 
 from npu_compat._cli_util import OneLineParser, one_line
 
 PROG = "npu-compat audit"
-FORMATS = (1, 2)  # 1: the unnumbered 0.2.0 line
+FORMATS = (1, 2, 3)  # 1: the unnumbered 0.2.0 line; 3: a line per change, the last at exit
 FAIL_ON = ("fell-back", "compiled-called")
 EAGER_BY = ("record", "setting", "fallback", "upstream")
 SHOW_BAD = 5  # bad inputs named one by one on stderr; then a count
 KEEP_BAD = 100  # bad inputs kept for --json
 DEFAULT_BACKEND = "inductor"
+MAX_LINE = 8 << 20  # bytes; a process's record is tens of KB
+# module:qualname as NPU_COMPAT_EAGER takes it (audit._site): dotted identifiers, a qualname of 1-2 parts
+SITE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 
 
 class BadInput(Exception):
@@ -77,19 +86,83 @@ def eager_by_of(entry):
     return "record"
 
 
+def well_formed_site(site):
+    """Whether ``site`` is a ``module:qualname`` NPU_COMPAT_EAGER=@FILE takes (ASCII identifiers only)."""
+    return isinstance(site, str) and SITE_RE.fullmatch(site) is not None and site.isascii()
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+_STR = (str,)
+_OPT_STR = (str, type(None))
+_OPT_BOOL = (bool, type(None))
+# field -> allowed types, for the record and for each entry of "compiles"
+_RECORD_FIELDS = {"host": _OPT_STR, "pid": (int,), "ppid": (int, type(None)), "seq": (int,), "exit": (bool,),
+                  "rank": (int, type(None)), "local_rank": (int, type(None)), "world_size": (int, type(None)),
+                  "route": _OPT_STR, "npu_compat": _OPT_STR, "start": (int, float, type(None)),
+                  "time": (int, float, type(None))}  # fmt: skip
+_ENTRY_FIELDS = {"site": _OPT_STR, "target": _OPT_STR, "where": _OPT_STR, "backend": _OPT_STR, "eager": _OPT_BOOL,
+                 "eager_by": _OPT_STR, "why": _OPT_STR, "called": _OPT_BOOL, "when": _OPT_STR,
+                 "fell_back": (dict, type(None))}  # fmt: skip
+_NAMES = ("site", "target", "where", "backend", "host")  # shown as names: no control characters
+
+
+def _check(obj, fields, what):
+    for name, types in fields.items():
+        if name not in obj:
+            continue
+        v = obj[name]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise BadInput(f"{what}{name} is {type(v).__name__}, not {' or '.join(t.__name__ for t in types)}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise BadInput(f"{what}{name} is not finite")
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 1 << 63:
+            raise BadInput(f"{what}{name} is out of range")
+        if name in _NAMES and isinstance(v, str) and (len(v) > 1000 or not v.isprintable()):
+            raise BadInput(f"{what}{name} holds control characters or is over 1000 characters")
+
+
 def parse_line(raw):
-    """The record of one line (bytes without its newline); BadInput says why it is not one."""
+    """The record of one line (bytes without its newline); BadInput says why it is not one.
+
+    Every field the merge uses is checked here (type, range, characters), so
+    no bad line can stop the merge or reach an output unchecked.
+    """
+    if len(raw) > MAX_LINE:
+        raise BadInput(f"longer than {MAX_LINE} bytes")
     try:
-        rec = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadInput("not JSON") from None
+        rec = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError, MemoryError) as exc:
+        why = {UnicodeDecodeError: "not UTF-8", RecursionError: "nested too deep", MemoryError: "too big"}.get(
+            type(exc), "not JSON")
+        raise BadInput(why) from None
     if not isinstance(rec, dict):
         raise BadInput("not a JSON object")
     fmt = rec.get("report_format", 1)
-    if fmt not in FORMATS or isinstance(fmt, bool):
-        raise BadInput(f"report_format {one_line(fmt)!s} (another npu-compat version: {one_line(rec.get('npu_compat'))})")
+    if fmt not in FORMATS or isinstance(fmt, bool) or not isinstance(fmt, int):
+        raise BadInput(f"report_format {one_line(fmt)[:40]!s} (another npu-compat version: "
+                       f"{one_line(rec.get('npu_compat'))[:40]})")  # fmt: skip
     if not isinstance(rec.get("compiles"), list) or not isinstance(rec.get("patches", []), list):
         raise BadInput("not an NPU_COMPAT_REPORT line (no \"compiles\" list)")
+    if fmt >= 3:
+        for need in ("pid", "seq", "exit", "start"):
+            if need not in rec:
+                raise BadInput(f"report_format 3 without {need}")
+    _check(rec, _RECORD_FIELDS, "")
+    for i, p in enumerate(rec.get("patches") or ()):
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str) or not isinstance(p.get("state", ""), str):
+            raise BadInput(f"patches[{i}] is not {{name, state}}")
+        if not (p["name"] + str(p.get("state", ""))).isprintable():
+            raise BadInput(f"patches[{i}] holds control characters")
+    for i, e in enumerate(rec["compiles"]):
+        if not isinstance(e, dict):
+            raise BadInput(f"compiles[{i}] is not an object")
+        _check(e, _ENTRY_FIELDS, f"compiles[{i}].")
+        fb = e.get("fell_back")
+        if isinstance(fb, dict):
+            _check(fb, {"stage": _OPT_STR, "type": _OPT_STR, "message": _OPT_STR}, f"compiles[{i}].fell_back.")
     return rec
 
 
@@ -123,7 +196,7 @@ class SiteCount:
 
 
 class Merge:
-    """Every good line folded in; bad inputs listed."""
+    """Every good line folded in (each process's latest only); bad inputs listed."""
 
     def __init__(self):
         self.processes = 0
@@ -136,30 +209,57 @@ class Merge:
         self.bad_lines = 0
         self.bad_inputs = 0
         self.files_read = 0
+        self.live = {}  # (host, pid, start) -> the latest summary of a format-3 process, until finish()
+        self.process_list = []  # format-3 processes once finished: host, pid, start, lines, exit, ...
 
     def add(self, rec):
-        self.processes += 1
-        if "report_format" not in rec:
-            self.unnumbered += 1
+        """Fold in one record: at once (formats 1 and 2: one line per process), or as the
+        latest state of its process (format 3: folded in by :meth:`finish`)."""
+        summary = self._summary(rec)
+        if rec.get("report_format", 1) < 3:
+            self._fold(summary)
+            return
+        key = (summary["host"], rec["pid"], rec["start"])
+        old = self.live.get(key)
+        summary["lines"] = 1 + (old["lines"] if old else 0)
+        if old is None or rec["seq"] >= old["seq"]:  # ties: the later line
+            self.live[key] = summary
+        else:
+            old["lines"] = summary["lines"]
+
+    def finish(self):
+        """Fold in each process's latest state.  Idempotent; the views call it."""
+        for (host, pid, start), summary in self.live.items():
+            self._fold(summary)
+            self.process_list.append({"host": host, "pid": pid, "start": start, "lines": summary["lines"],
+                                      "seq": summary["seq"], "exit": summary["exit"], "rank": summary["rank"],
+                                      "argv": summary["argv"]})  # fmt: skip
+        self.live = {}
+        return self
+
+    @property
+    def not_exited(self):
+        return sum(1 for p in self.process_list if not p["exit"])
+
+    def _summary(self, rec):
+        """What the merge keeps of one line: small flags per site, never the record itself."""
         host = rec.get("host")
-        host = host if isinstance(host, str) and host else "?"
-        self.hosts[host] = self.hosts.get(host, 0) + 1
-        if isinstance(rec.get("rank"), int):
-            self.ranks.add(rec["rank"])
-        for p in rec.get("patches") or ():
-            if isinstance(p, dict) and isinstance(p.get("name"), str):
-                states = self.records.setdefault(p["name"], {})
-                state = str(p.get("state"))
-                states[state] = states.get(state, 0) + 1
+        argv = rec.get("argv")
+        out = {
+            "host": host if isinstance(host, str) and host else "?",
+            "unnumbered": "report_format" not in rec,
+            "rank": rec.get("rank"),
+            "seq": rec.get("seq"),
+            "exit": rec.get("exit"),
+            "argv": [one_line(a)[:200] for a in argv[:3]] if isinstance(argv, list) else None,
+            "states": [(p["name"], str(p.get("state"))) for p in rec.get("patches") or ()],
+        }
         mine = {}  # this process's flags per site: a process counts once per site
         for e in rec["compiles"]:
-            if not isinstance(e, dict):
-                continue
             key = (site_of(e), str(e.get("target") or "?"))
-            s = self.sites.get(key)
-            if s is None:
-                s = self.sites[key] = SiteCount(key[0], key[1], str(e.get("where") or "?"))
-            flags = mine.setdefault(key, {"backends": set(), "errors": set()})
+            flags = mine.get(key)
+            if flags is None:
+                flags = mine[key] = {"where": str(e.get("where") or "?"), "backends": set(), "errors": set()}
             backend = str(e.get("backend") or "?")
             flags["backends"].add(backend)
             by = eager_by_of(e)
@@ -177,10 +277,24 @@ class Merge:
             fb = e.get("fell_back")
             if isinstance(fb, dict):
                 flags["fell_back"] = True
-                flags["errors"].add((str(fb.get("stage") or "?"), str(fb.get("type") or "?"),
+                flags["errors"].add((one_line(fb.get("stage") or "?")[:40], one_line(fb.get("type") or "?")[:100],
                                      one_line(fb.get("message") or "")[:200]))  # fmt: skip
-        for key, flags in mine.items():
-            s = self.sites[key]
+        out["sites"] = mine
+        return out
+
+    def _fold(self, summary):
+        self.processes += 1
+        self.unnumbered += summary["unnumbered"]
+        self.hosts[summary["host"]] = self.hosts.get(summary["host"], 0) + 1
+        if isinstance(summary["rank"], int):
+            self.ranks.add(summary["rank"])
+        for name, state in summary["states"]:
+            states = self.records.setdefault(name, {})
+            states[state] = states.get(state, 0) + 1
+        for key, flags in summary["sites"].items():
+            s = self.sites.get(key)
+            if s is None:
+                s = self.sites[key] = SiteCount(key[0], key[1], flags["where"])
             s.processes += 1
             for b in flags["backends"]:
                 s.backends[b] = s.backends.get(b, 0) + 1
@@ -222,8 +336,17 @@ class Merge:
             self.files_read += 1
             n = 0
             try:
-                for n, raw in enumerate(f, 1):
+                while True:
+                    raw = f.readline(MAX_LINE + 1)
+                    if not raw:
+                        break
+                    n += 1
                     whole = raw.endswith(b"\n")
+                    if not whole and len(raw) > MAX_LINE:
+                        while raw and not raw.endswith(b"\n"):  # skip the rest of it, a piece at a time
+                            raw = f.readline(MAX_LINE)
+                        self.bad_input(f"{shown}:{n}", f"longer than {MAX_LINE} bytes")
+                        continue
                     body = raw.strip()
                     if not body:
                         continue
@@ -233,6 +356,8 @@ class Merge:
                         if not whole:
                             exc = "truncated (no newline at the end: a process killed mid-write?)"
                         self.bad_input(f"{shown}:{n}", exc)
+                    except Exception as exc:  # never expected: still named, and the merge goes on
+                        self.bad_input(f"{shown}:{n}", f"unreadable ({type(exc).__name__})")
             except OSError as exc:
                 return self.bad_input(shown, f"read error after line {n}: {one_line(exc.strerror or exc)}", line=False)
             if n == 0:
@@ -247,11 +372,15 @@ class Merge:
         return out
 
     def sorted_sites(self):
+        self.finish()
         return sorted(self.sites.values(), key=lambda s: (-s.fell_back, -s.compiled_called, s.site, s.target))
 
     def to_dict(self):
+        self.finish()
         return {
             "processes": self.processes,
+            "not_exited": self.not_exited,
+            "process_list": list(self.process_list),  # processes of format 3 (a line per change)
             "hosts": sorted(self.hosts),
             "ranks": sorted(self.ranks),
             "bad_lines": self.bad_lines,
@@ -263,27 +392,52 @@ class Merge:
 
 # ---- renderings ---------------------------------------------------------------------------------
 
-WIDTH = 100
-_HEAD = f"  {'backend':<24} {'procs':>5} {'compiled':>8} {'eager':>5} {'record':>6} {'setting':>7} " \
-        f"{'fallback':>8} {'upstream':>8} {'called':>6} {'fell-back':>9}"  # fmt: skip
+WIDTH = 80
+# 2 + 12 + 9 columns = 80
+_HEAD = f"  {'backend':<12} {'procs':>5} {'compiled':>8} {'eager':>5} {'record':>6} {'setting':>7} " \
+        f"{'fallback':>8} {'upstream':>8} {'called':>6} {'fell':>4}"  # fmt: skip
 
 
 def _fit(text, width=WIDTH):
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def short_name(name, width):
+    """A long ``module:qualname`` cut from the left at a '.' of the module: ``...fused_moe:_swiglu``.
+
+    The qualname and as much of the module as fits stay; the full name is in --json."""
+    if len(name) <= width:
+        return name
+    mod, sep, rest = name.partition(":")
+    parts = mod.split(".")
+    for i in range(1, len(parts)):
+        cand = "..." + ".".join(parts[i:]) + sep + rest
+        if len(cand) <= width:
+            return cand
+    return _fit("..." + sep + rest if sep else name, width)
+
+
 def table(m):
-    hosts = ", ".join(f"{h} ({n})" for h, n in sorted(m.hosts.items()))
+    m.finish()
+    hosts = ", ".join(f"{one_line(h)} ({n})" for h, n in sorted(m.hosts.items()))
     ranks = f"; ranks {_spans(sorted(m.ranks))}" if m.ranks else ""
-    lines = [_fit(f"{m.processes} processes on {len(m.hosts)} host(s): {hosts}{ranks}"), ""]
-    lines.append(f"sites ({len(m.sites)}): counts are processes; eager by record, setting, fallback or upstream")
+    lines = [_fit(f"{m.processes} processes on {len(m.hosts)} host(s): {hosts}{ranks}")]
+    if m.not_exited:
+        lines.append(f"{m.not_exited} of them without an exit line (still running, or killed: their last state)")
+    lines.append("")
+    lines.append(_fit(f"sites ({len(m.sites)}): counts are processes; eager by record, setting, fallback or upstream"))
     lines.append(_HEAD)
     for s in m.sorted_sites():
-        lines.append(_fit(s.site if _same(s) else f"{s.site}  ({_compiled_name(s)})"))
+        site = one_line(s.site)
+        if _same(s):
+            lines.append(short_name(site, WIDTH))
+        else:
+            extra = f"  ({one_line(_compiled_name(s))})"
+            lines.append(short_name(site, WIDTH) if len(site) + 8 > WIDTH else _fit(site + extra))
         by = s.eager_by
         lines.append(
-            f"  {_fit(s.backend, 24):<24} {s.processes:>5} {s.compiled:>8} {s.eager:>5} {by['record']:>6} "
-            f"{by['setting']:>7} {by['fallback']:>8} {by['upstream']:>8} {s.called:>6} {s.fell_back:>9}"
+            f"  {_fit(one_line(s.backend), 12):<12} {s.processes:>5} {s.compiled:>8} {s.eager:>5} {by['record']:>6} "
+            f"{by['setting']:>7} {by['fallback']:>8} {by['upstream']:>8} {s.called:>6} {s.fell_back:>4}"
         )
         for (stage, typ, msg), n in sorted(s.errors.items(), key=lambda kv: -kv[1])[:3]:
             lines.append(_fit(f"    fell back at {stage} in {n} process(es): {typ}: {msg}"))
@@ -291,7 +445,7 @@ def table(m):
         lines.append("  (no torch.compile site was recorded)")
     lines += ["", "records (states across processes):"]
     for name, states in m.records.items():
-        lines.append(_fit(f"  {name:<28} " + ", ".join(f"{st} {n}" for st, n in sorted(states.items()))))
+        lines.append(_fit(f"  {one_line(name):<28} " + ", ".join(f"{one_line(st)} {n}" for st, n in sorted(states.items()))))
     if not m.records:
         lines.append("  (none recorded)")
     if m.bad_inputs:
@@ -321,8 +475,12 @@ def _spans(nums):
     return ",".join(out)
 
 
-def eager_list(m, sources):
-    """The sites that fell back, in the file format of ``NPU_COMPAT_EAGER=@PATH``."""
+def eager_list(m, sources, rejected=None):
+    """The sites that fell back, in the file format of ``NPU_COMPAT_EAGER=@PATH``.
+
+    Only well-formed ``module:qualname`` lines are written; any other name is
+    added to ``rejected`` (and stays a comment)."""
+    rejected = [] if rejected is None else rejected
     lines = [
         "# npu-compat audit --eager-list: the sites that fell back on NPU; pin them eager with",
         "# NPU_COMPAT_EAGER=@THIS_FILE (one module:qualname per line, '#' starts a comment)",
@@ -344,9 +502,15 @@ def eager_list(m, sources):
             why = f"{typ}: {msg} (at {stage})"
         else:
             why = "fell back"
-        lines.append(_fit(f"# {why}; {n} of {m.processes} processes", 200))
-        # a site found compiled under another module's name cannot be pinned by module:qualname
-        lines.append(s.site if ":" in s.site else f"# (no module:qualname for {s.site}; name it yourself)")
+        lines.append(_fit(one_line(f"# {why}; {n} of {m.processes} processes"), 200))
+        if well_formed_site(s.site):
+            lines.append(s.site)
+        elif ":" not in s.site and s.site.isprintable() and "\n" not in s.site:
+            # a site found compiled under another module's name cannot be pinned by module:qualname
+            lines.append(_fit(f"# (no module:qualname for {s.site}; name it yourself)", 200))
+        else:
+            lines.append(f"# (left out: {one_line(s.site)[:150]!r} is not a module:qualname)")
+            rejected.append(s.site)
     return "\n".join(lines)
 
 
@@ -407,6 +571,7 @@ def main(argv=None):
     m = Merge()
     for path in args.files:
         m.read(path)
+    m.finish()
     for line in m.bad[:SHOW_BAD]:
         sys.stderr.write(f"{PROG}: skipped {line}\n")
     if m.bad_inputs > SHOW_BAD:
@@ -422,7 +587,10 @@ def main(argv=None):
     if args.json:
         out = json.dumps(m.to_dict(), indent=2)
     elif args.eager_list:
-        out = eager_list(m, args.files)
+        rejected = []
+        out = eager_list(m, args.files, rejected)
+        for site in rejected[:SHOW_BAD]:
+            sys.stderr.write(f"{PROG}: --eager-list: left out {one_line(site)[:200]!r}: not a module:qualname\n")
     else:
         out = table(m)
     try:

@@ -589,7 +589,8 @@ def _npu_setup(gen):
                 _wrapper_codes(torch)
             from npu_compat import reportfile
 
-            reportfile.register_report()
+            if reportfile.register_report(_report_state):
+                audit.audit.listeners.append(reportfile.changed)  # a line when the audit's answer changes
         for name in reevaluate:  # a list file opted a record in: evaluate its module again
             mod = sys.modules.get(name)
             if mod is not None:
@@ -694,6 +695,16 @@ def _site_guards():
             out[(r.module, r.qualname)] = r.name
     _state.site_guards = out
     return out
+
+
+def _report_state():
+    """What NPU_COMPAT_REPORT's writer records of this process, besides who it is."""
+    return {
+        "npu_compat": npu_compat.__version__,
+        "route": npu_compat.route(),
+        "patches": [{"name": s.name, "state": s.state} for s in npu_compat.status()],
+        "compiles": compiles(),
+    }
 
 
 def compiles():

@@ -188,7 +188,7 @@ report.emit(compiles=rep["compiles"], frames=report.frames())
 def test_report_file_one_line_per_process_many_writers(tmp_path):
     out = tmp_path / "audit.jsonl"
     # 4 Python children started at once (twice the cores here) inherit the activation
-    # (bootstrap on PYTHONPATH) and each appends its record at exit.
+    # (bootstrap on PYTHONPATH) and each appends its record as it changes, its exit line last.
     _, r = run_py(
         """
 import subprocess, sys, npu_compat
@@ -204,8 +204,14 @@ report.emit(codes=[p.wait(900) for p in ps])  # generous: 4 interpreters at once
     assert r["codes"] == [0] * 4
     lines = out.read_text().splitlines()
     recs = [json.loads(line) for line in lines]  # every line is whole JSON
-    assert len(recs) == 5 and len({x["pid"] for x in recs}) == 5
-    assert all(any(c["target"] == "sglang.srt.layers.rope.rope" for c in x["compiles"]) for x in recs)
+    by_pid = {}
+    for x in recs:
+        by_pid.setdefault(x["pid"], []).append(x)
+    assert len(by_pid) == 5  # the parent and its 4 children
+    for mine in by_pid.values():  # each process's lines in order, its exit line last and only there
+        assert [x["seq"] for x in mine] == list(range(1, len(mine) + 1))
+        assert [x["exit"] for x in mine] == [False] * (len(mine) - 1) + [True]
+        assert any(c["target"] == "sglang.srt.layers.rope.rope" for c in mine[-1]["compiles"])
 
 
 def test_off_npu_no_interception_no_walk_every_attribute_identical(tmp_path):

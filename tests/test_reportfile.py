@@ -64,23 +64,29 @@ def test_a_directory_is_refused_with_one_warning(tmp_path):
 def test_past_rlimit_fsize_nothing_torn_and_the_next_line_whole(tmp_path):
     report = tmp_path / "audit.jsonl"
     report.write_text('{"earlier": 1}\n')
-    size = report.stat().st_size
     tree = make_tree(tmp_path)
-    # The limit leaves room for part of the line only; Python ignores SIGXFSZ,
-    # so the write falls short (then fails with EFBIG) instead of killing it.
+    # The limit (set once the activation line is in) leaves room for part of the next
+    # line only; Python ignores SIGXFSZ, so the write falls short (then fails with EFBIG)
+    # instead of killing it.
     limited = child(tree, report, f"""
-import resource, signal
+import os, resource, signal
+from npu_compat import reportfile
+reportfile.flush()
 assert signal.getsignal(signal.SIGXFSZ) == signal.SIG_IGN
-resource.setrlimit(resource.RLIMIT_FSIZE, ({size + 40}, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize({str(report)!r}) + 40, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 """)
     assert limited.returncode == 0, limited.stderr
     (line,) = warnings(limited)
     assert "could not be written whole" in line and "nothing of it was left" in line
-    assert report.read_text() == '{"earlier": 1}\n'  # truncated back to where the line began
+    before = report.read_text()
+    kept = [json.loads(x) for x in before.splitlines()]
+    assert before.endswith("\n") and len(kept) >= 2 and all(type(x) is dict for x in kept)
+    assert not any(x.get("exit") for x in kept)  # the exit line did not fit: nothing of it is there
     after = child(tree, report)
     assert after.returncode == 0 and not warnings(after), after.stderr
     lines = report.read_text().splitlines()
-    assert len(lines) == 2 and [type(json.loads(x)) for x in lines] == [dict, dict]
+    assert len(lines) >= 3 and all(type(json.loads(x)) is dict for x in lines)
+    assert report.read_text().startswith(before)  # truncated back to where each failed line began
     record_cases(REPORT, 1)
 
 
@@ -102,8 +108,9 @@ def test_a_relative_path_is_resolved_at_activation_not_at_exit(tmp_path):
     proc = child(make_tree(tmp_path), "audit.jsonl", f"import os; os.chdir({str(later)!r})\n", cwd=start)
     assert proc.returncode == 0, proc.stderr
     assert not (later / "audit.jsonl").exists()
-    (rec,) = [json.loads(x) for x in (start / "audit.jsonl").read_text().splitlines()]
-    assert rec["argv"][0] == "-c"
+    recs = [json.loads(x) for x in (start / "audit.jsonl").read_text().splitlines()]
+    assert len({r["pid"] for r in recs}) == 1 and recs[-1]["exit"] is True
+    assert recs[-1]["argv"] == [sys.executable, "-c"]
     record_cases(REPORT, 1)
 
 
@@ -115,8 +122,13 @@ def test_the_line_carries_format_host_and_ranks(tmp_path):
     child(tree, report, RANK="3", LOCAL_RANK="1", WORLD_SIZE="8")
     child(tree, report, SLURM_PROCID="5", SLURM_LOCALID="2", SLURM_NTASKS="16")
     child(tree, report, RANK="not a number")
-    a, b, c = [json.loads(x) for x in report.read_text().splitlines()]
-    assert a["report_format"] == 2 and a["host"] == socket.gethostname()
+    last = {}  # each process's latest line
+    for x in report.read_text().splitlines():
+        rec = json.loads(x)
+        last[(rec["pid"], rec["start"])] = rec
+    a, b, c = last.values()
+    assert a["exit"] and b["exit"] and c["exit"]
+    assert a["report_format"] == 3 and a["host"] == socket.gethostname()
     assert (a["rank"], a["local_rank"], a["world_size"]) == (3, 1, 8)
     assert (b["rank"], b["local_rank"], b["world_size"]) == (5, 2, 16)
     assert (c["rank"], c["local_rank"], c["world_size"]) == (None, None, None)
