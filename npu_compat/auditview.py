@@ -105,7 +105,11 @@ _RECORD_FIELDS = {"host": _OPT_STR, "pid": (int,), "ppid": (int, type(None)), "s
                   "time": (int, float, type(None))}  # fmt: skip
 _ENTRY_FIELDS = {"site": _OPT_STR, "target": _OPT_STR, "where": _OPT_STR, "backend": _OPT_STR, "eager": _OPT_BOOL,
                  "eager_by": _OPT_STR, "why": _OPT_STR, "called": _OPT_BOOL, "when": _OPT_STR,
-                 "fell_back": (dict, type(None))}  # fmt: skip
+                 "fell_back": (dict, type(None)), "speed": (dict, type(None))}  # fmt: skip
+_NUM = (int, float, type(None))
+_SPEED_FIELDS = {"compiled_us": _NUM, "eager_us": _NUM, "samples": (int, type(None)), "picked": _OPT_STR,
+                 "faster": _OPT_STR, "regime": _OPT_STR, "timer": _OPT_STR}  # fmt: skip
+SLOWER = 1.10  # compiled/eager at or above this: "measured slower compiled" (NPU_COMPAT_SPEED's margin)
 _NAMES = ("site", "target", "where", "backend", "host")  # shown as names: no control characters
 
 
@@ -163,6 +167,9 @@ def parse_line(raw):
         fb = e.get("fell_back")
         if isinstance(fb, dict):
             _check(fb, {"stage": _OPT_STR, "type": _OPT_STR, "message": _OPT_STR}, f"compiles[{i}].fell_back.")
+        sp = e.get("speed")
+        if isinstance(sp, dict):
+            _check(sp, _SPEED_FIELDS, f"compiles[{i}].speed.")
     return rec
 
 
@@ -171,7 +178,7 @@ def parse_line(raw):
 
 class SiteCount:
     __slots__ = ("site", "target", "where", "backends", "processes", "compiled", "eager", "eager_by", "called",
-                 "compiled_called", "fell_back", "errors")
+                 "compiled_called", "fell_back", "errors", "speeds")
 
     def __init__(self, site, target, where):
         self.site, self.target, self.where = site, target, where
@@ -179,6 +186,7 @@ class SiteCount:
         self.processes = self.compiled = self.eager = self.called = self.compiled_called = self.fell_back = 0
         self.eager_by = dict.fromkeys(EAGER_BY, 0)
         self.errors = {}  # (stage, type, message) -> processes
+        self.speeds = []  # (compiled_us, eager_us, picked) per process that measured it (NPU_COMPAT_SPEED)
 
     @property
     def backend(self):
@@ -192,7 +200,24 @@ class SiteCount:
             "fell_back": self.fell_back,
             "errors": [{"stage": s, "type": t, "message": m, "processes": n}
                        for (s, t, m), n in sorted(self.errors.items(), key=lambda kv: -kv[1])],
+            "speed": self.speed(),
         }  # fmt: skip
+
+    def speed(self):
+        """The processes' measurements, merged: medians of each, their ratio, how many picked eager."""
+        if not self.speeds:
+            return None
+        import statistics
+
+        c = statistics.median(x[0] for x in self.speeds)
+        e = statistics.median(x[1] for x in self.speeds)
+        return {"processes": len(self.speeds), "compiled_us": round(c, 3), "eager_us": round(e, 3),
+                "ratio": round(c / e, 3) if e > 0 else None,
+                "picked_eager": sum(1 for x in self.speeds if x[2] == "eager")}  # fmt: skip
+
+    def slower(self, threshold=SLOWER):
+        sp = self.speed()
+        return bool(sp and sp["ratio"] is not None and sp["ratio"] >= threshold)
 
 
 class Merge:
@@ -274,6 +299,10 @@ class Merge:
                 flags[by] = True
             if e.get("called") is True:
                 flags["called"] = True
+            sp = e.get("speed")
+            if isinstance(sp, dict) and isinstance(sp.get("compiled_us"), (int, float)) \
+                    and isinstance(sp.get("eager_us"), (int, float)) and "speed" not in flags:
+                flags["speed"] = (float(sp["compiled_us"]), float(sp["eager_us"]), sp.get("picked"))
             fb = e.get("fell_back")
             if isinstance(fb, dict):
                 flags["fell_back"] = True
@@ -306,6 +335,8 @@ class Merge:
                     s.eager_by[by] += 1
             for err in flags["errors"]:
                 s.errors[err] = s.errors.get(err, 0) + 1
+            if "speed" in flags and len(s.speeds) < 100000:
+                s.speeds.append(flags["speed"])
 
     def bad_input(self, where, why, line=True):
         if line:
@@ -441,6 +472,12 @@ def table(m):
         )
         for (stage, typ, msg), n in sorted(s.errors.items(), key=lambda kv: -kv[1])[:3]:
             lines.append(_fit(f"    fell back at {stage} in {n} process(es): {typ}: {msg}"))
+        sp = s.speed()
+        if sp:
+            ratio = f" ({sp['ratio']:.2f}x)" if sp["ratio"] is not None else ""
+            picked = f"; picked eager in {sp['picked_eager']}" if sp["picked_eager"] else ""
+            lines.append(_fit(f"    speed: compiled {sp['compiled_us']:.1f} us, eager {sp['eager_us']:.1f} us{ratio} "
+                              f"in {sp['processes']} process(es){picked}"))  # fmt: skip
     if not m.sites:
         lines.append("  (no torch.compile site was recorded)")
     lines += ["", "records (states across processes):"]
@@ -475,8 +512,9 @@ def _spans(nums):
     return ",".join(out)
 
 
-def eager_list(m, sources, rejected=None):
-    """The sites that fell back, in the file format of ``NPU_COMPAT_EAGER=@PATH``.
+def eager_list(m, sources, rejected=None, slower=SLOWER):
+    """The sites that fell back, or were measured slower compiled (``slower``: compiled/eager at or
+    above it; None: not those), in the file format of ``NPU_COMPAT_EAGER=@PATH``.
 
     Only well-formed ``module:qualname`` lines are written; any other name is
     added to ``rejected`` (and stays a comment)."""
@@ -488,7 +526,21 @@ def eager_list(m, sources, rejected=None):
     ]
     done = set()
     for s in m.sorted_sites():
-        if not s.fell_back or s.site in done:
+        if s.site in done:
+            continue
+        if not s.fell_back:
+            if slower is None or not s.slower(slower):
+                continue
+            done.add(s.site)
+            sp = s.speed()
+            lines.append(_fit(one_line(
+                f"# measured slower compiled: {sp['compiled_us']:.1f} us against {sp['eager_us']:.1f} us eager "
+                f"({sp['ratio']:.2f}x, NPU_COMPAT_SPEED) in {sp['processes']} of {m.processes} processes"), 200))
+            if well_formed_site(s.site):
+                lines.append(s.site)
+            else:
+                lines.append(f"# (left out: {one_line(s.site)[:150]!r} is not a module:qualname)")
+                rejected.append(s.site)
             continue
         done.add(s.site)
         same = [x for x in m.sites.values() if x.site == s.site and x.fell_back]
@@ -529,7 +581,18 @@ examples:
   npu-compat audit /shared/npu-compat-report.jsonl
   npu-compat audit --fail-on fell-back node*/report.jsonl
   npu-compat audit --eager-list report.jsonl > eager.txt  # for @eager.txt
+  npu-compat audit --eager-list --slower 1.5 report.jsonl  # pin sites 1.5x slower compiled
 """
+
+
+def _ratio(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value == 0 or 1.0 <= value < 1e6):
+        raise argparse.ArgumentTypeError(f"not a ratio of 1 or more (or 0): {text!r}")
+    return value
 
 
 def _parser():
@@ -547,8 +610,14 @@ def _parser():
     out.add_argument("--json", action="store_true", help="print one JSON object")
     out.add_argument(
         "--eager-list", action="store_true",
-        help="print the sites that fell back, as a file for NPU_COMPAT_EAGER=@FILE",
-    )
+        help="print the sites that fell back or were measured slower compiled, as a file for "
+             "NPU_COMPAT_EAGER=@FILE",
+    )  # fmt: skip
+    p.add_argument(
+        "--slower", type=_ratio, default=SLOWER, metavar="RATIO",
+        help=f"with --eager-list, also the sites NPU_COMPAT_SPEED measured at least RATIO times slower "
+             f"compiled than eager (default {SLOWER}; 0 leaves them out)",
+    )  # fmt: skip
     p.add_argument(
         "--fail-on", default="", metavar="LIST",
         help="comma list of fell-back, compiled-called (compiled with the default backend and called on NPU): "
@@ -588,7 +657,7 @@ def main(argv=None):
         out = json.dumps(m.to_dict(), indent=2)
     elif args.eager_list:
         rejected = []
-        out = eager_list(m, args.files, rejected)
+        out = eager_list(m, args.files, rejected, args.slower or None)
         for site in rejected[:SHOW_BAD]:
             sys.stderr.write(f"{PROG}: --eager-list: left out {one_line(site)[:200]!r}: not a module:qualname\n")
     else:

@@ -186,3 +186,45 @@ report.emit(ok=ok, speed=entry("gather")["speed"], runs=sites.RUNS["compiled"], 
     )
     assert r["ok"] and r["speed"] is None and r["runs"] == 60 and r["mode"] is None
     assert proc.stderr.count("NPU_COMPAT_SPEED='fast' not understood") == 1
+
+
+def test_the_loop_from_a_measured_slowdown_to_the_eager_list_and_the_upstream_patch(tmp_path):
+    """report line -> `npu-compat audit` (a speed line, --json) -> --eager-list -> scan --patch --pr-text."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    report_path = tmp_path / "report.jsonl"
+    tree = make_tree(tmp_path)
+    _, r = run_py(
+        HEAD + GATHER + """
+ok = calls(100)
+report.emit(ok=ok, speed=entry("gather")["speed"], status=npu_compat.report()["compiles"] == core.compiles())
+""",
+        tree=tree,
+        env={"NPU_COMPAT_SPEED": "check", "NPU_COMPAT_REPORT": str(report_path)},
+    )
+    assert r["ok"] and r["speed"]["faster"] == "eager" and r["status"] is True
+    cli = [sys.executable, "-m", "npu_compat.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_COMPAT")}
+    env["COLUMNS"] = "80"
+
+    def run(*args):
+        return subprocess.run(cli + list(args), capture_output=True, text=True, env=env, timeout=120)
+
+    table = run("audit", str(report_path))
+    assert table.returncode == 0, table.stderr
+    line = next(ln for ln in table.stdout.splitlines() if "speed:" in ln)
+    assert "compiled" in line and "eager" in line and "1 process" in line
+    assert all(len(ln) <= 80 for ln in table.stdout.splitlines())
+    data = json.loads(run("audit", "--json", str(report_path)).stdout)
+    (site,) = [s for s in data["sites"] if s["site"].endswith(":gather")]
+    assert site["speed"]["ratio"] > 1.1 and site["speed"]["processes"] == 1 and site["fell_back"] == 0
+    pins = run("audit", "--eager-list", str(report_path)).stdout.splitlines()
+    assert "sglang.srt.layers.sites:gather" in pins
+    assert any(p.startswith("# measured slower compiled") for p in pins)
+    assert "sglang.srt.layers.sites:gather" not in run("audit", "--eager-list", "--slower", "0", str(report_path)).stdout
+    patch = run("scan", "--patch", tree, "--from-audit", str(report_path), "--pr-text")
+    assert patch.returncode == 0, patch.stderr
+    assert "disable=_is_npu" in patch.stdout and "slower compiled than eager on NPU" in patch.stdout

@@ -63,7 +63,8 @@ def registry_wants(records):
 
 
 def audit_wants(paths, warn):
-    """Sites that fell back, or that a user's NPU_COMPAT_EAGER made eager, in NPU_COMPAT_REPORT files."""
+    """Sites that fell back, that NPU_COMPAT_SPEED measured slower compiled, or that a user's
+    NPU_COMPAT_EAGER made eager, in NPU_COMPAT_REPORT files."""
     from npu_compat.auditview import Merge
 
     m = Merge()
@@ -73,8 +74,8 @@ def audit_wants(paths, warn):
         warn(f"--from-audit: skipped {line}")
     out = {}
     for s in m.sorted_sites():
-        fb, setting = s.eager_by["fallback"], s.eager_by["setting"]
-        if not (fb or setting) or ":" not in s.site:
+        fb, setting, slower = s.eager_by["fallback"], s.eager_by["setting"], s.slower()
+        if not (fb or setting or slower) or ":" not in s.site:
             continue
         mod, _, qual = s.site.partition(":")
         want = out.get(s.site) or Want(mod, qual, origin="audit")
@@ -88,6 +89,13 @@ def audit_wants(paths, warn):
                 parts.append(f"fell back on NPU in {fb} of {m.processes} processes of the audit")
         if setting:
             parts.append(f"made eager by the user's NPU_COMPAT_EAGER in {setting} of {m.processes} processes")
+        if slower:
+            sp = s.speed()
+            parts.append(
+                f"slower compiled than eager on NPU: {sp['compiled_us']:.1f} us against {sp['eager_us']:.1f} us per call "
+                f"({sp['ratio']:.2f}x; median of {sp['processes']} processes measured by npu-compat's NPU_COMPAT_SPEED, "
+                f"alternating compiled and eager calls)"
+            )
         want.why = "; ".join(parts)
         want.evidence = f"compiled at {s.where} (backend {s.backend})"
         out[s.site] = want
@@ -488,7 +496,8 @@ def run(args, prog, warn=None):
     if args.from_audit:
         found = audit_wants(args.from_audit, warn)
         if not found:
-            warn("--from-audit: no site fell back or was made eager by NPU_COMPAT_EAGER in those reports")
+            warn("--from-audit: no site fell back, was measured slower compiled or was made eager by "
+                 "NPU_COMPAT_EAGER in those reports")
         wants += found
     if not args.site and not args.from_audit:
         from .engine import load_patches
