@@ -170,7 +170,7 @@ COMMANDS = [
     ),
     Command(
         "bootstrap-path", "print the directory to put first on PYTHONPATH",
-        'export PYTHONPATH="$(npu-compat bootstrap-path):$PYTHONPATH"',
+        'export PYTHONPATH="$(npu-compat bootstrap-path)${PYTHONPATH:+:$PYTHONPATH}"',
         _bootstrap_path,
     ),
     Command(
