@@ -82,9 +82,11 @@ def _import_targets():
                 broken[top] = top_problem.get(top)
             if broken[top]:
                 # one reason for every record of the package, not a KeyError for each after the first
-                problems[mod] = broken[top]
+                problems[mod] = f"{top} cannot be imported: {broken[top]}"
                 continue
             _import_one(mod, problems)
+            if mod in problems:
+                problems[mod] = f"importing {mod} failed: {problems[mod]}"
     return problems
 
 
@@ -102,7 +104,7 @@ def _import_one(mod, problems):
         missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
         top = mod.partition(".")[0]
         if missing and missing.partition(".")[0] != top:
-            problems[mod] = f"{top} needs {missing.partition('.')[0]}, which is not installed ({type(exc).__name__}: {str(exc)[:200]})"
+            problems[mod] = f"it needs {missing.partition('.')[0]}, which is not installed (ModuleNotFoundError)"
         else:
             problems[mod] = f"{type(exc).__name__}: {str(exc)[:300]}"
 
@@ -177,7 +179,7 @@ def build(import_targets=False, cli=False):
         entry = st.as_dict()
         if st.module in problems and st.state in (core.PENDING, core.NOT_INSTALLED):
             entry["state"] = core.IMPORT_ERROR
-            entry["reason"] = f"importing {st.module} failed: {problems[st.module]}"
+            entry["reason"] = problems[st.module]
         rec = records[st.name]
         entry.update(why=rec.why, how=rec.how, upstream_url=rec.upstream_url, remove_when=rec.remove_when)
         if rec.kind == "guard":
@@ -259,8 +261,8 @@ def _activation(rep):
         if rep["route"]:
             return f"this environment activates npu_compat via {rep['route']}{origin}"
         return (
-            "not set up here: a process of this shell activates npu_compat only if it imports it or loads "
-            "the sglang plugin (this command activated itself)"
+            "not set up here: only a process that imports npu_compat or loads the sglang plugin activates it "
+            "(this command activated itself)"
         )
     if rep["active"]:
         return f"active via {rep['route']}{origin}; routes seen: {', '.join(rep['routes'])}"
@@ -317,7 +319,7 @@ def _patches_brief(rep):
     lines = [f"patches:    {len(rep['patches'])} (`npu-compat status --verbose` shows each in full)"]
     for state, group in _patch_groups(rep["patches"]):
         reasons = {p["reason"] for p in group}
-        if state in BAD or len(group) == 1:
+        if (state in BAD and len(reasons) > 1) or len(group) == 1:
             for p in group:  # a bad state is worth its own line, with its reason
                 lines += _cli_util.wrap(f"{p['name']}: {p['reason']}", WIDTH, first=f"  {state:<14}",
                                         indent=" " * 18)  # fmt: skip
@@ -347,8 +349,8 @@ def _compiles(rep, verbose):
         fell = sum(1 for c in c_all if c.get("fell_back"))
         eager = sum(1 for c in c_all if c["eager"])
         if c_all:
-            lines += _field("compiles", f"{len(c_all)} by sglang seen on NPU in this process: {eager} eager, "
-                                        f"{fell} fell back, {len(c_all) - eager} compiled")  # fmt: skip
+            lines += _field("compiles", f"{len(c_all)} seen here: {eager} eager ({fell} fell back), "
+                                        f"{len(c_all) - eager} compiled")  # fmt: skip
         return lines
     lines.append(f"compiles by sglang seen on NPU in this process: {len(c_all)}")
     for c in c_all:
