@@ -199,3 +199,34 @@ def test_no_example_leaves_an_empty_pythonpath_entry(tmp_path):
     found = {k: unsafe_pythonpath(v) for k, v in texts.items()}
     assert not {k: v for k, v in found.items() if v}
     assert unsafe_pythonpath('export PYTHONPATH="$(npu-compat bootstrap-path):$PYTHONPATH"')  # the check works
+
+
+# ---- docs: the example outputs are the code's ----
+
+EXAMPLE = re.compile(r"<!-- example:(\S+) -->\n```\n(.*?)```\n", re.S)
+
+
+def normalized_status(tmp_path, *args):
+    """`npu-compat status` here, with what differs from machine to machine written as in the docs."""
+    out = status(tmp_path, *args).stdout
+    out = re.sub(r"^npu-compat \S+, Python \S+", "npu-compat VERSION, Python 3.X.Y", out, flags=re.M)
+    out = re.sub(r"^python: .*$", "python:     /venv/bin/python3", out, flags=re.M)
+    out = re.sub(r"^versions: .*$", "versions:   torch 2.13.0+cpu, torch_npu -, sglang -, wrapt 2.5.2", out, flags=re.M)
+    return out
+
+
+def test_the_status_example_in_docs_states_md_is_what_status_prints(tmp_path):
+    from importlib.machinery import PathFinder
+
+    if PathFinder.find_spec("sglang") is not None:
+        pytest.skip("the example is of a machine without sglang")
+    with open(os.path.join(ROOT, "docs", "states.md"), encoding="utf-8") as f:
+        examples = dict(EXAMPLE.findall(f.read()))
+    assert examples["status-no-sglang"] == normalized_status(tmp_path)
+
+
+def test_the_settings_import_npu_compat_watches_are_the_ones_env_reads():
+    import npu_compat
+    from npu_compat import _env
+
+    assert npu_compat.SETTING_VARS == tuple("NPU_COMPAT_" + n for n in _env.SETTINGS)
