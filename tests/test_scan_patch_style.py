@@ -61,6 +61,41 @@ def rope(x):
 '''
 
 
+# sglang 0.5.15's models/cohere2_moe.py, reduced: adding is_npu to the import makes it 91 columns
+COHERE = '''import torch
+
+from sglang.srt.layers.linear import RowParallelLinear
+from sglang.srt.utils import add_prefix, get_compiler_backend, is_cuda, make_layers
+
+
+@torch.compile(backend=get_compiler_backend())
+def _cohere_layer_norm(hidden_states, weight, variance_epsilon):
+    return hidden_states
+'''
+
+# sglang 0.5.15's torch_flex_backend.py and mrope.py, reduced: a call with the function
+# as its first argument (90 columns once patched), `torch.compile(...)(fn)` on one line (103),
+# and arguments hugged on a line of their own (what black writes when only they fit)
+FLEX = '''import torch
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from sglang.srt.layers.rotary import apply_rotary_emb
+from sglang.srt.utils import is_npu
+
+_is_npu = is_npu()
+
+
+class TorchFlexAttnBackend:
+    def __init__(self, model_runner):
+        self.token_to_kv_pool = model_runner.token_to_kv_pool
+        self.flex_attention = torch.compile(flex_attention, dynamic=True)
+        self._apply_rotary_emb_wrapped = torch.compile(dynamic=True)(apply_rotary_emb)
+        self.create_block_mask_compiled = torch.compile(
+            create_block_mask, dynamic=True, fullgraph=True, mode="reduce-overhead"
+        )
+'''
+
+
 def make_tree(base):
     files = {
         "sglang/__init__.py": "",
@@ -70,6 +105,9 @@ def make_tree(base):
         "sglang/srt/layers/__init__.py": "",
         "sglang/srt/layers/rotary.py": ROTARY,
         "sglang/srt/layers/late.py": LATEIMPORT,
+        "sglang/srt/layers/flex.py": FLEX,
+        "sglang/srt/models/__init__.py": "",
+        "sglang/srt/models/cohere.py": COHERE,
     }
     for rel, text in files.items():
         p = base / rel
@@ -109,6 +147,59 @@ def test_a_long_call_is_split_one_option_a_line_as_upstream_did(tmp_path):
     mode = black.Mode(line_length=88)
     assert black.format_str(ROTARY, mode=mode) == ROTARY  # the fixture is black's own style...
     assert black.format_str(new, mode=mode) == new  # ...and so is the patched file
+
+
+def assert_black_style(original, new):
+    assert max(len(line) for line in new.splitlines()) <= 88
+    black = pytest.importorskip("black")  # a test-time check only: black is no dependency of npu-compat
+    mode = black.Mode(line_length=88)
+    assert black.format_str(original, mode=mode) == original  # the fixture is black's own style...
+    assert black.format_str(new, mode=mode) == new  # ...and so is the patched file
+
+
+def test_an_import_that_no_longer_fits_is_split_one_name_a_line(tmp_path):
+    root, files = patched(tmp_path, Want("sglang.srt.models.cohere", "_cohere_layer_norm"))
+    new = files["sglang/srt/models/cohere.py"]
+    assert (
+        "from sglang.srt.utils import (\n"
+        "    add_prefix,\n"
+        "    get_compiler_backend,\n"
+        "    is_cuda,\n"
+        "    is_npu,\n"
+        "    make_layers,\n"
+        ")\n"
+        "\n"
+        "_is_npu = is_npu()\n"
+        "\n"
+        "\n"
+        "@torch.compile(backend=get_compiler_backend(), disable=_is_npu)\n"
+    ) in new
+    assert check_module(new.encode(), "cohere.py") is None
+    assert_black_style(COHERE, new)
+
+
+def test_calls_that_no_longer_fit_are_split_as_black_keeps_them(tmp_path):
+    _, files = patched(tmp_path, Want("sglang.srt.layers.flex", "TorchFlexAttnBackend.__init__"))
+    new = files["sglang/srt/layers/flex.py"]
+    assert (
+        "        self.flex_attention = torch.compile(\n"
+        "            flex_attention,\n"
+        "            dynamic=True,\n"
+        "            disable=_is_npu,\n"
+        "        )\n"
+        "        self._apply_rotary_emb_wrapped = torch.compile(\n"
+        "            dynamic=True,\n"
+        "            disable=_is_npu,\n"
+        "        )(apply_rotary_emb)\n"
+        "        self.create_block_mask_compiled = torch.compile(\n"
+        "            create_block_mask,\n"
+        "            dynamic=True,\n"
+        "            fullgraph=True,\n"
+        '            mode="reduce-overhead",\n'
+        "            disable=_is_npu,\n"
+        "        )\n"
+    ) in new
+    assert_black_style(FLEX, new)
 
 
 def test_the_added_import_precedes_the_flag_that_uses_it(tmp_path):

@@ -244,9 +244,9 @@ def edit_site(src, site):
     at = src.offset(last.end_lineno, last.end_col_offset)
     if last.lineno != call.lineno and src.begins_line(last):  # one argument per line
         src.add(at, at, f",\n{src.indent_of(last.lineno).decode()}disable={FLAG}")
-    elif call.lineno == call.end_lineno and len(src.line_text(call.lineno).rstrip(b"\r\n")) + len(
-        f", disable={FLAG}"
-    ) > LINE_LENGTH:
+    elif _too_long(src, last.end_lineno, f", disable={FLAG}") and b"#" not in src.data[
+        src.offset(call.lineno, call.col_offset): src.offset(call.end_lineno, call.end_col_offset)
+    ]:  # on one line, or the arguments hugged on one line of their own: black would split them
         _explode(src, call, items, outer)
     else:
         src.add(at, at, f", disable={FLAG}")
@@ -266,8 +266,8 @@ def _explode(src, call, items, outer=None):
     texts = [src.data[src.offset(n.lineno, n.col_offset): src.offset(n.end_lineno, n.end_col_offset)].decode()
              for n in sorted(items, key=lambda n: (n.lineno, n.col_offset))]  # fmt: skip
     body = "".join(f"\n{inner}{t}," for t in texts + [f"disable={FLAG}"])
-    first = min(items, key=lambda n: (n.lineno, n.col_offset))
-    start = src.offset(first.lineno, first.col_offset)
+    # from the opening parenthesis (arguments hugged on a line of their own start below it)
+    start = src.data.index(b"(", src.offset(call.func.end_lineno, call.func.end_col_offset)) + 1
     end = src.offset(call.end_lineno, call.end_col_offset) - 1  # the closing parenthesis
     src.add(start, end, body + "\n" + indent)
     if outer is not None and outer.func is call:
@@ -342,13 +342,34 @@ def edit_prelude(src, first_site_line):
     return None
 
 
+def _too_long(src, line, added):
+    """Whether ``added`` put on ``line`` makes it longer than black's LINE_LENGTH columns."""
+    return len(src.line_text(line).rstrip(b"\r\n").decode("utf-8", "replace")) + len(added) > LINE_LENGTH
+
+
 def _add_name(src, node):
-    """``is_npu`` into ``from sglang.srt.utils import ...``, in order when the names are sorted."""
+    """``is_npu`` into ``from sglang.srt.utils import ...``, in order when the names are sorted.
+
+    An import on one line that would no longer fit in LINE_LENGTH columns is
+    written as black writes it: ``from sglang.srt.utils import (``, one name
+    a line with a trailing comma, ``)``.
+    """
     names = node.names
     keys = [a.name.lower() for a in names]
     pos = len(names)
     if keys == sorted(keys):
         pos = next((i for i, k in enumerate(keys) if k > CHECK), len(names))
+    start, end = src.offset(node.lineno, node.col_offset), src.offset(node.end_lineno, node.end_col_offset)
+    if node.lineno == node.end_lineno and _too_long(src, node.lineno, f", {CHECK}"):
+        rest = src.data[end: src.line_start(node.lineno)]
+        if b"#" not in rest and b"(" not in src.data[start:end]:
+            texts = [src.data[src.offset(a.lineno, a.col_offset): src.offset(a.end_lineno, a.end_col_offset)].decode()
+                     for a in names]  # fmt: skip
+            texts.insert(pos, CHECK)
+            indent = src.indent_of(node.lineno).decode()
+            body = "".join(f"{indent}    {t},\n" for t in texts)
+            src.add(start, end, f"from {'.' * node.level}{node.module or ''} import (\n{body}{indent})")
+            return
     if pos < len(names):
         a = names[pos]
         at = src.offset(a.lineno, a.col_offset)
