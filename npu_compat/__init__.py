@@ -28,6 +28,8 @@ ORIGIN_VAR = "NPU_COMPAT_ORIGIN"  # "<route>:<pid>" of the process that first pr
 DISABLE_ALL = frozenset(("1", "true", "yes", "on", "all", "*"))
 # PYTHONPATH as this process found it, before any activation changed it.
 PYTHONPATH_AT_START = os.environ.get("PYTHONPATH")
+# The settings activation reads (a test keeps this equal to npu_compat._env.SETTINGS).
+SETTING_VARS = tuple("NPU_COMPAT_" + n for n in ("EAGER", "STRICT", "REPORT", "FALLBACK", "LOG_LEVEL", "DISABLE", "DEVICE"))
 
 __all__ = [
     "NpuCompatError",
@@ -268,9 +270,29 @@ def activate(route: str = "api") -> bool:
             _sentinel.watch = _sentinel.watch | later
             if _sentinel not in sys.meta_path:
                 sys.meta_path.insert(0, _sentinel)
+    if any(v in os.environ for v in SETTING_VARS) and not _own_command():
+        _check_settings()  # a mistyped setting warns now, not only once sglang loads
     for package in now:  # already loading or loaded: hook up at once
         _arm_package(package)
     return _state.active
+
+
+def _own_command():
+    # `npu-compat ...` shows the settings itself (`status` in its text): no
+    # WARNING on stderr from its own activation as well.
+    argv = getattr(sys, "orig_argv", None) or []
+    if len(argv) > 1 and os.path.basename(argv[1]) == "npu-compat":
+        return True
+    return "-m" in argv and argv.index("-m") + 1 < len(argv) and argv[argv.index("-m") + 1] == "npu_compat"
+
+
+def _check_settings():
+    try:
+        from npu_compat import _env
+
+        _env.check_settings()
+    except Exception:
+        pass
 
 
 def is_active() -> bool:

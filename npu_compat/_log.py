@@ -38,12 +38,7 @@ def _setup(logging, logger):
     _setup_done = True
     level, bad = requested_level()
     if bad:
-        warning_once(
-            (LEVEL_VAR, bad),
-            "%s=%s is not understood (use debug, info, warning or error); ignoring it",
-            LEVEL_VAR,
-            short(bad),
-        )
+        check_level()
         return
     if not level:
         return
@@ -75,6 +70,18 @@ def _setup(logging, logger):
     logger.addHandler(handler)
 
 
+def check_level():
+    """One WARNING when NPU_COMPAT_LOG_LEVEL is not understood."""
+    _, bad = requested_level()
+    if bad:
+        warning_once(
+            (LEVEL_VAR, bad),
+            "%s=%s is not understood (use debug, info, warning or error); ignoring it",
+            LEVEL_VAR,
+            short(bad),
+        )
+
+
 def _logger():
     import logging
 
@@ -104,12 +111,28 @@ def warning(msg, *args):
     _logger().warning(msg, *args)
 
 
+_captured = None  # a list while capture_warnings() runs
+
+
 def warning_once(key, msg, *args):
     """One WARNING per key and process: bad settings are read many times."""
     if key in _said:
         return
     _said.add(key)
+    if _captured is not None:
+        _captured.append(msg % args)
+        return
     _logger().warning(msg, *args)
+
+
+def capture_warnings(fn):
+    """(fn(), [the WARNING lines warning_once would have logged meanwhile]): for `npu-compat status`."""
+    global _captured
+    before, _captured = _captured, []
+    try:
+        return fn(), _captured
+    finally:
+        _captured = before
 
 
 def short(value, limit=60):

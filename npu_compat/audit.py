@@ -93,9 +93,15 @@ def parse_eager(raw, known_names, watched):
             ("NPU_COMPAT_EAGER", raw),
             "NPU_COMPAT_EAGER: not understood, ignored: %s (use all, everything, a guard's name, "
             "module:qualname inside %s, or @FILE)",
-            ", ".join(_log.short(b) for b in bad), ", ".join(watched),
+            ", ".join(_log.short(b) + _did_you_mean(b, known_names) for b in bad), ", ".join(watched),
         )  # fmt: skip
     return Setting(mode, names, sites, files)
+
+
+def _did_you_mean(word, known_names):
+    from npu_compat._env import did_you_mean
+
+    return did_you_mean(word, known_names)
 
 
 def read_lists(setting, known_names, watched):

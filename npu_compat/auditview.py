@@ -638,8 +638,11 @@ def main(argv=None):
     if unknown:
         parser.error(f"--fail-on: unknown {', '.join(unknown)} (choose from {', '.join(FAIL_ON)})")
     m = Merge()
+    unread = 0  # files that could not be opened or read: --fail-on cannot vouch for them
     for path in args.files:
+        before = m.files_read
         m.read(path)
+        unread += m.files_read == before
     m.finish()
     for line in m.bad[:SHOW_BAD]:
         sys.stderr.write(f"{PROG}: skipped {line}\n")
@@ -672,4 +675,6 @@ def main(argv=None):
     for s in failing[:SHOW_BAD]:
         what = "fell back" if s.fell_back and "fell-back" in checks else "compiled and called"
         sys.stderr.write(f"{PROG}: --fail-on: {s.site} {what}\n")
-    return 1 if failing else 0
+    if checks and unread:
+        sys.stderr.write(f"{PROG}: --fail-on: {unread} file(s) could not be read\n")
+    return 1 if failing or (checks and unread) else 0

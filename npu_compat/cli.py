@@ -35,6 +35,8 @@ class Command:
 
 def _status_args(p):
     p.add_argument("--json", action="store_true", help="print one JSON object (for machines)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="every record in full (target, reason, what is there now) and every compile seen")  # fmt: skip
     p.add_argument(
         "--no-import", action="store_true",
         help="import neither torch, sglang nor torch_npu: the answer rests on installed distributions, "
@@ -45,7 +47,7 @@ def _status_args(p):
 def _status(args):
     from npu_compat import info
 
-    return info.main(no_import=args.no_import, as_json=args.json)
+    return info.main(no_import=args.no_import, as_json=args.json, verbose=args.verbose)
 
 
 def _run_args(p):
@@ -170,7 +172,7 @@ COMMANDS = [
     ),
     Command(
         "bootstrap-path", "print the directory to put first on PYTHONPATH",
-        'export PYTHONPATH="$(npu-compat bootstrap-path):$PYTHONPATH"',
+        'export PYTHONPATH="$(npu-compat bootstrap-path)${PYTHONPATH:+:$PYTHONPATH}"',
         _bootstrap_path,
     ),
     Command(

@@ -13,7 +13,7 @@ import platform
 import sys
 
 import npu_compat
-from npu_compat import _cli_util, core, device, registry
+from npu_compat import _cli_util, _log, core, device, registry
 
 WIDTH = 80
 LABEL = 12  # "activation: " and the others line up after it
@@ -70,11 +70,23 @@ def _import_targets():
     import warnings
 
     problems = {}
+    broken = {}  # top-level package -> why it cannot be imported at all
     with warnings.catch_warnings():
         # sglang's and torch's import-time warnings are about the host, not npu_compat's state
         warnings.simplefilter("ignore")
         for mod in registry.target_modules():
+            top = mod.partition(".")[0]
+            if top not in broken:
+                top_problem = {}
+                _import_one(top, top_problem)
+                broken[top] = top_problem.get(top)
+            if broken[top]:
+                # one reason for every record of the package, not a KeyError for each after the first
+                problems[mod] = f"{top} cannot be imported: {broken[top]}"
+                continue
             _import_one(mod, problems)
+            if mod in problems:
+                problems[mod] = f"importing {mod} failed: {problems[mod]}"
     return problems
 
 
@@ -89,7 +101,12 @@ def _import_one(mod, problems):
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise
-        problems[mod] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        top = mod.partition(".")[0]
+        if missing and missing.partition(".")[0] != top:
+            problems[mod] = f"it needs {missing.partition('.')[0]}, which is not installed (ModuleNotFoundError)"
+        else:
+            problems[mod] = f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def _installed_sitecustomize():
@@ -142,6 +159,9 @@ def _device(import_targets):
 
 
 def build(import_targets=False, cli=False):
+    from npu_compat import _env
+
+    settings, setting_warnings = _log.capture_warnings(_env.settings)
     problems = _import_targets() if import_targets and npu_compat.is_active() else {}
     npu, why, by = _device(import_targets or not cli)
     setting = os.environ.get("NPU_COMPAT_DEVICE", "")
@@ -150,10 +170,8 @@ def build(import_targets=False, cli=False):
         real, real_why = device.evidence(ignore_setting=True)
         if not real:
             preview = (
-                "this machine is not an NPU (" + real_why + "): sglang's own NPU checks (is_npu(), "
-                "disable=_is_npu) are still false here, so a site sglang already leaves eager on NPU looks "
-                "compiled and its guard reads `applied`; on a real NPU it reads `upstream-fixed`. The states "
-                "preview npu_compat's decisions, not the NPU's"
+                "this machine is not an NPU (" + real_why + "): sglang's own is_npu() is false here, so a "
+                "guard of a site sglang leaves eager on NPU reads `applied`, on an NPU `upstream-fixed`"
             )
     patches = []
     records = {p.name: p for p in core.records()}
@@ -161,7 +179,7 @@ def build(import_targets=False, cli=False):
         entry = st.as_dict()
         if st.module in problems and st.state in (core.PENDING, core.NOT_INSTALLED):
             entry["state"] = core.IMPORT_ERROR
-            entry["reason"] = f"importing {st.module} failed: {problems[st.module]}"
+            entry["reason"] = problems[st.module]
         rec = records[st.name]
         entry.update(why=rec.why, how=rec.how, upstream_url=rec.upstream_url, remove_when=rec.remove_when)
         if rec.kind == "guard":
@@ -176,7 +194,12 @@ def build(import_targets=False, cli=False):
         "executable": sys.executable,
         "versions": {d: _version(d, dists) for d in ("torch", "torch_npu", "sglang", "wrapt")},
         "device": {"npu": npu, "reason": why, "setting": setting, "decided_by": by, "preview": preview},
-        "active": npu_compat.is_active(),
+        # from the command line: whether this environment activates it (as the text says), not whether
+        # the command itself did (it always does, to evaluate the patches: active_here)
+        "active": (route is not None and not npu_compat.disabled_by_env()) if cli else npu_compat.is_active(),
+        "active_here": npu_compat.is_active(),
+        "settings": dict(settings),
+        "setting_warnings": setting_warnings,
         "route": route,
         "routes": list(npu_compat.routes()),
         "cli": cli,
@@ -238,8 +261,8 @@ def _activation(rep):
         if rep["route"]:
             return f"this environment activates npu_compat via {rep['route']}{origin}"
         return (
-            "not set up here: a Python process of this shell activates npu_compat only if it imports it or "
-            "loads the sglang plugin (this command activated itself to evaluate the patches)"
+            "not set up here: only a process that imports npu_compat or loads the sglang plugin activates it "
+            "(this command activated itself)"
         )
     if rep["active"]:
         return f"active via {rep['route']}{origin}; routes seen: {', '.join(rep['routes'])}"
@@ -273,39 +296,126 @@ def _device_text(d):
     return text
 
 
-def format_text(rep):
+def _settings_lines(rep):
+    values = ", ".join(f"{k} {v}" for k, v in rep["settings"].items())
+    lines = _field("settings", values + " (NPU_COMPAT_*)")
+    for w in rep["setting_warnings"]:
+        lines += _cli_util.wrap(f"WARNING {w}", WIDTH, first=" " * LABEL, indent=" " * (LABEL + 2))
+    return lines
+
+
+BAD = (core.FAILED, core.INCOMPATIBLE, core.REPLACED, core.IMPORT_ERROR)
+
+
+def _patch_groups(patches):
+    """[(state, [patches])] in first-seen order: records in the same state collapse into one line."""
+    groups = {}
+    for p in patches:
+        groups.setdefault(p["state"], []).append(p)
+    return list(groups.items())
+
+
+def _patches_brief(rep):
+    lines = [f"patches:    {len(rep['patches'])} (`npu-compat status --verbose` shows each in full)"]
+    for state, group in _patch_groups(rep["patches"]):
+        reasons = {p["reason"] for p in group}
+        if (state in BAD and len(reasons) > 1) or len(group) == 1:
+            for p in group:  # a bad state is worth its own line, with its reason
+                lines += _cli_util.wrap(f"{p['name']}: {p['reason']}", WIDTH, first=f"  {state:<14}",
+                                        indent=" " * 18)  # fmt: skip
+            continue
+        names = ", ".join(p["name"] for p in group)
+        lines += _cli_util.wrap(f"{len(group)}: {names}", WIDTH, first=f"  {state:<14}", indent=" " * 18)
+        reason = reasons.pop() if len(reasons) == 1 else None
+        if reason and not reason.endswith(rep["device"]["reason"]):  # the device line says that already
+            lines += _cli_util.wrap(reason, WIDTH, indent=" " * 18)
+    return lines
+
+
+def _patches_full(rep):
+    lines = [f"patches:    {len(rep['patches'])} (name and state; target; reason; what is there now)"]
+    for p in rep["patches"]:
+        lines.append(f"  {p['name']:<38} {p['state']}")
+        lines += _cli_util.wrap(f"{p['module']}.{p['function']}", WIDTH, indent="    ")
+        lines += _cli_util.wrap(p["reason"], WIDTH, indent="    ")
+        lines += _cli_util.wrap(f"now: {p['installed']}; upstream: {p['upstream']}", WIDTH, indent="    ")
+    return lines
+
+
+def _compiles(rep, verbose):
+    c_all = rep["compiles"]
+    lines = []
+    if not verbose:
+        fell = sum(1 for c in c_all if c.get("fell_back"))
+        eager = sum(1 for c in c_all if c["eager"])
+        measured = [c["speed"] for c in c_all if c.get("speed")]
+        picked = sum(1 for s in measured if s.get("picked") == "eager")
+        speed = f"; speed measured for {len(measured)} ({picked} picked eager)" if measured else ""
+        if c_all:
+            lines += _field("compiles", f"{len(c_all)} seen here: {eager} eager ({fell} fell back), "
+                                        f"{len(c_all) - eager} compiled{speed}")  # fmt: skip
+        return lines
+    lines.append(f"compiles by sglang seen on NPU in this process: {len(c_all)}")
+    for c in c_all:
+        eager = f"eager ({c['why']})" if c["eager"] else "COMPILED"
+        fb = c.get("fell_back")
+        if fb:
+            eager = f"FELL BACK at {fb['stage']}: {fb['type']}: {fb['message']}; runs eagerly"
+        called = {True: "called", False: "not called yet", None: "-"}[c["called"]]
+        lines += _cli_util.wrap(f"{c['target']}  [{c['backend']}]", WIDTH, indent="  ")
+        lines += _cli_util.wrap(f"{eager}; {called}; at {c['where']}", WIDTH, indent="    ")
+        sp = c.get("speed")
+        if sp and sp.get("compiled_us") is not None:
+            picked = f"picked {sp['picked']}" if sp.get("picked") else f"faster: {sp.get('faster')}"
+            lines += _cli_util.wrap(
+                f"speed: compiled {sp['compiled_us']:.1f} us, eager {sp['eager_us']:.1f} us over {sp['samples']} "
+                f"calls each ({sp['timer']}, {sp['regime']}): {picked}", WIDTH, indent="    ")  # fmt: skip
+    return lines
+
+
+def summary(rep):
+    """One line: the verdict of the whole report."""
+    counts = {}
+    for p in rep["patches"]:
+        counts[p["state"]] = counts.get(p["state"], 0) + 1
+    bad = sum(counts.get(s, 0) for s in BAD)
+    where = "NPU" if rep["device"]["npu"] else "not NPU"
+    setup = "active" if rep["active"] else "not set up here"
+    text = f"{where}; {setup}; " + ", ".join(f"{n} {s}" for s, n in counts.items())
+    if bad:
+        text += f"; {bad} to look at"
+    if rep["setting_warnings"]:
+        text += f"; {_plural(len(rep['setting_warnings']), 'bad setting')}"
+    return text
+
+
+def _plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def format_text(rep, verbose=False):
+    """The report for 80 columns; without ``verbose`` it fits 24 rows in the common cases."""
     v = rep["versions"]
     lines = [f"npu-compat {rep['npu_compat']}, Python {rep['python']}"]
-    lines += _field("python", rep["executable"])
-    lines += _field("versions", ", ".join(f"{k} {v[k] or '-'}" for k in ("torch", "torch_npu", "sglang", "wrapt")))
     lines += _field("device", _device_text(rep["device"]))
     if rep["device"].get("preview"):
         lines += _field("preview", rep["device"]["preview"])
     lines += _field("activation", _activation(rep))
     lines += _field("children", _children(rep))
     lines += _field("plugin", _plugin(rep))
+    lines += _field("versions", ", ".join(f"{k} {v[k] or '-'}" for k in ("torch", "torch_npu", "sglang", "wrapt")))
+    lines += _field("python", rep["executable"])
+    lines += _settings_lines(rep)
     for err in rep["registry_errors"]:
         lines += _field("registry", err)
-    lines.append(f"patches:    {len(rep['patches'])} (name and state; target; reason; what is there now)")
-    for p in rep["patches"]:
-        lines.append(f"  {p['name']:<38} {p['state']}")
-        lines += _cli_util.wrap(f"{p['module']}.{p['function']}", WIDTH, indent="    ")
-        lines += _cli_util.wrap(p["reason"], WIDTH, indent="    ")
-        lines += _cli_util.wrap(f"now: {p['installed']}; upstream: {p['upstream']}", WIDTH, indent="    ")
+    lines += _patches_full(rep) if verbose else _patches_brief(rep)
     if rep["device"]["npu"]:
-        lines.append(f"compiles by sglang seen on NPU in this process: {len(rep['compiles'])}")
-        for c in rep["compiles"]:
-            eager = f"eager ({c['why']})" if c["eager"] else "COMPILED"
-            fb = c.get("fell_back")
-            if fb:
-                eager = f"FELL BACK at {fb['stage']}: {fb['type']}: {fb['message']}; runs eagerly"
-            called = {True: "called", False: "not called yet", None: "-"}[c["called"]]
-            lines += _cli_util.wrap(f"{c['target']}  [{c['backend']}]", WIDTH, indent="  ")
-            lines += _cli_util.wrap(f"{eager}; {called}; at {c['where']}", WIDTH, indent="    ")
+        lines += _compiles(rep, verbose)
+    lines += _field("summary", summary(rep))
     return "\n".join(lines)
 
 
-def main(no_import=False, as_json=False):
+def main(no_import=False, as_json=False, verbose=False):
     """``npu-compat status``: print the report; 1 when an active patch is in a bad state."""
     import json
 
@@ -313,7 +423,7 @@ def main(no_import=False, as_json=False):
     if as_json:
         print(json.dumps(rep, indent=2, default=str))
     else:
-        print(format_text(rep))
+        print(format_text(rep, verbose=verbose))
     bad = {core.FAILED, core.INCOMPATIBLE, core.REPLACED, core.IMPORT_ERROR}
     if any(p["state"] in bad for p in rep["patches"]) and npu_compat.is_active():
         return 1

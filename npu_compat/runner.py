@@ -98,6 +98,17 @@ def _isolating_option(options):
     return None
 
 
+# The probe imports npu_compat as the bootstrap's sitecustomize does, before
+# Python puts the current directory (the -c entry) first on sys.path: in a
+# checkout of npu-compat, `import npu_compat` would otherwise find the
+# checkout's copy, which the command's interpreter does not have at start-up.
+PROBE = (
+    "import sys\n"
+    "if not getattr(sys.flags, 'safe_path', False): del sys.path[0]\n"
+    "import npu_compat"
+)
+
+
 def _can_import_npu_compat(python, env):
     """Whether `python` can import npu_compat under `env` (True when unsure: warn only when sure)."""
     import subprocess
@@ -114,7 +125,7 @@ def _can_import_npu_compat(python, env):
     probe_env["NPU_COMPAT_DISABLE"] = "1"  # import only: activate nothing, warn nothing
     try:
         proc = subprocess.run(
-            [python, "-c", "import npu_compat"],
+            [python, "-c", PROBE],
             env=probe_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

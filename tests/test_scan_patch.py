@@ -13,7 +13,7 @@ import pytest
 from conftest import RELEASES, RESULT, ROOT, TESTS, clean_env
 
 from npu_compat.scan import scan
-from npu_compat.scan.patch import Want, make_patch
+from npu_compat.scan.patch import Want, _diff, make_patch
 
 # ---- a small sglang-shaped tree -----------------------------------------------------------------
 
@@ -497,3 +497,34 @@ def test_real_tree_patched_off_npu_every_site_compiled_as_before(patched, versio
     assert after["file"].startswith(copy) and not before["file"].startswith(copy)
     assert after["kinds"] == before["kinds"]  # the same compiled wrappers over the same code
     assert {kind for kind, _ in before["kinds"].values()} == {"compiled"}
+
+
+@needs_sglang
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("version", RELEASES)
+def test_real_tree_every_site_patched_in_upstream_style(version):
+    """Every site NPU would compile, patched at once: each module compiles and imports its names,
+    each added line fits in black's 88 columns, and black keeps each one as written."""
+    from npu_compat.scan.patch import check_module
+
+    src = _tree_of(version)
+    report = scan([os.path.join(src, "sglang")])
+    wants = {}
+    for s in report.sites:
+        if s.verdict != "guarded" and not s.in_tests and s.form != "value":
+            w = Want(s.module, s.target if s.scope == "<module>" else s.scope.replace(".<locals>", ""))
+            wants[w.name] = w
+    res = make_patch(src, list(wants.values()), layout="installed")
+    assert len(res.files) >= 20 and len(res.patched) >= 0.9 * len(wants), res.left_out
+    try:
+        import black
+    except ImportError:  # black is no dependency of npu-compat: that part is checked where it is installed
+        black = None
+    for rel, old, new in res.files:
+        assert check_module(new, rel) is None
+        added = [line[1:] for line in _diff(old, new, rel).decode().splitlines()
+                 if line.startswith("+") and not line.startswith("+++")]  # fmt: skip
+        assert max(len(line) for line in added) <= 88, rel
+        if black is not None:
+            kept = set(black.format_str(new.decode(), mode=black.Mode(line_length=88)).splitlines())
+            assert [line for line in added if line not in kept] == [], rel

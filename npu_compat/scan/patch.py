@@ -26,6 +26,7 @@ from .verdicts import GUARDED
 FLAG = "_is_npu"
 CHECK = "is_npu"
 UTILS = "sglang.srt.utils"
+LINE_LENGTH = 88  # black's default, which sglang's pre-commit runs
 SIBLINGS = "sglang PRs #16115, #18553, #26403, #26573 (the same remedy at sibling sites)"
 SIBLINGS_URL = "https://github.com/sgl-project/sglang/pull/26573"
 
@@ -225,9 +226,9 @@ def edit_site(src, site):
     if not isinstance(node, ast.Call):  # a bare @torch.compile
         src.add(*(2 * (src.offset(node.end_lineno, node.end_col_offset),)), f"(disable={FLAG})")
         return None
-    call = node
+    call, outer = node, None
     while isinstance(call.func, ast.Call):  # torch.compile(**opts)(fn): the options' call
-        call = call.func
+        call, outer = call.func, call
     if any(k.arg is None for k in call.keywords):
         return "**kwargs there may set disable= already"
     for k in call.keywords:
@@ -251,9 +252,40 @@ def edit_site(src, site):
     at = src.offset(last.end_lineno, last.end_col_offset)
     if last.lineno != call.lineno and src.begins_line(last):  # one argument per line
         src.add(at, at, f",\n{src.indent_of(last.lineno).decode()}disable={FLAG}")
+    elif _too_long(src, last.end_lineno, f", disable={FLAG}") and b"#" not in src.data[
+        src.offset(call.lineno, call.col_offset): src.offset(call.end_lineno, call.end_col_offset)
+    ]:  # on one line, or the arguments hugged on one line of their own: black would split them
+        _explode(src, call, items, outer)
     else:
         src.add(at, at, f", disable={FLAG}")
     return None
+
+
+def _explode(src, call, items, outer=None):
+    """The options call, one argument a line with a trailing comma, ``disable=_is_npu`` last.
+
+    What black writes when a call does not fit in LINE_LENGTH columns, and
+    keeps (the trailing comma is "magic"): upstream's own fix of this kind
+    (sglang 0.5.15, ``layers/rotary_embedding/base.py``) reads
+    ``torch.compile(`` / ``dynamic=True,`` / ``disable=_is_npu,`` / ``)(apply_rotary_emb)``.
+    """
+    indent = src.indent_of(call.lineno).decode()
+    inner = indent + "    "
+    texts = [src.data[src.offset(n.lineno, n.col_offset): src.offset(n.end_lineno, n.end_col_offset)].decode()
+             for n in sorted(items, key=lambda n: (n.lineno, n.col_offset))]  # fmt: skip
+    body = "".join(f"\n{inner}{t}," for t in texts + [f"disable={FLAG}"])
+    # from the opening parenthesis (arguments hugged on a line of their own start below it)
+    start = src.data.index(b"(", src.offset(call.func.end_lineno, call.func.end_col_offset)) + 1
+    end = src.offset(call.end_lineno, call.end_col_offset) - 1  # the closing parenthesis
+    src.add(start, end, body + "\n" + indent)
+    if outer is not None and outer.func is call:
+        # `)(\n    fn\n)` hugs its closing parenthesis again once the options are split: `)(fn)`
+        a, b = src.offset(call.end_lineno, call.end_col_offset), src.offset(outer.end_lineno, outer.end_col_offset)
+        text = src.data[a:b].decode()
+        inner = text[1:-1].strip()
+        if (text.startswith("(") and "\n" in text and inner and "\n" not in inner and "#" not in text
+                and not inner.endswith(",") and len(indent) + len(inner) + 3 <= LINE_LENGTH):  # fmt: skip
+            src.add(a, b, f"({inner})")
 
 
 def _top_imports(tree, before):
@@ -284,23 +316,29 @@ def edit_prelude(src, first_site_line):
         and n.targets[0].id.startswith("_is_") and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Name)
         and n.value.func.id.startswith("is_")
     ]  # fmt: skip
-    has_check = any(
-        (a.asname or a.name) == CHECK for n in body if isinstance(n, ast.ImportFrom) and n.lineno < before for a in n.names
-    )
+    check_imports = [
+        n for n in body if isinstance(n, ast.ImportFrom) and n.lineno < before and any((a.asname or a.name) == CHECK for a in n.names)
+    ]  # fmt: skip
     last_import = max(imports, key=lambda n: n.end_lineno)
     flag_line = f"{FLAG} = {CHECK}()\n"
     if flags:
         anchor = max(flags, key=lambda n: n.end_lineno)
-        flag_at, flag_text = src.line_start(anchor.end_lineno), flag_line
     else:
-        flag_at, flag_text = src.line_start(last_import.end_lineno), "\n" + flag_line
-    if not has_check:
+        anchor = last_import
+    if check_imports and min(n.end_lineno for n in check_imports) > anchor.end_lineno:
+        # is_npu is imported only below the other flags: the flag goes after that import
+        anchor = min(check_imports, key=lambda n: n.end_lineno)
+    flag_at = src.line_start(anchor.end_lineno)
+    flag_text = flag_line if anchor in flags else "\n" + flag_line
+    if not check_imports:
         utils = [n for n in imports if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module == UTILS
                  and not any(a.name == "*" for a in n.names) and src.line_start(n.end_lineno) <= flag_at]  # fmt: skip
         if utils:
             _add_name(src, utils[0])
         else:
-            at = src.line_start(last_import.end_lineno)
+            # after the last import that precedes the flag, never below it (its first use)
+            above = [n for n in imports if src.line_start(n.end_lineno) <= flag_at]
+            at = src.line_start(max(above, key=lambda n: n.end_lineno).end_lineno) if above else flag_at
             text = f"from {UTILS} import {CHECK}\n"
             if at == flag_at:
                 flag_text, text = text + flag_text, ""
@@ -308,17 +346,38 @@ def edit_prelude(src, first_site_line):
                 src.add(at, at, text)
     src.add(flag_at, flag_at, flag_text)
     # the line the flag follows: a site on it or above it would run before the flag exists
-    src.prelude_done, src.flag_line = True, (anchor if flags else last_import).end_lineno
+    src.prelude_done, src.flag_line = True, anchor.end_lineno
     return None
 
 
+def _too_long(src, line, added):
+    """Whether ``added`` put on ``line`` makes it longer than black's LINE_LENGTH columns."""
+    return len(src.line_text(line).rstrip(b"\r\n").decode("utf-8", "replace")) + len(added) > LINE_LENGTH
+
+
 def _add_name(src, node):
-    """``is_npu`` into ``from sglang.srt.utils import ...``, in order when the names are sorted."""
+    """``is_npu`` into ``from sglang.srt.utils import ...``, in order when the names are sorted.
+
+    An import on one line that would no longer fit in LINE_LENGTH columns is
+    written as black writes it: ``from sglang.srt.utils import (``, one name
+    a line with a trailing comma, ``)``.
+    """
     names = node.names
     keys = [a.name.lower() for a in names]
     pos = len(names)
     if keys == sorted(keys):
         pos = next((i for i, k in enumerate(keys) if k > CHECK), len(names))
+    start, end = src.offset(node.lineno, node.col_offset), src.offset(node.end_lineno, node.end_col_offset)
+    if node.lineno == node.end_lineno and _too_long(src, node.lineno, f", {CHECK}"):
+        rest = src.data[end: src.line_start(node.lineno)]
+        if b"#" not in rest and b"(" not in src.data[start:end]:
+            texts = [src.data[src.offset(a.lineno, a.col_offset): src.offset(a.end_lineno, a.end_col_offset)].decode()
+                     for a in names]  # fmt: skip
+            texts.insert(pos, CHECK)
+            indent = src.indent_of(node.lineno).decode()
+            body = "".join(f"{indent}    {t},\n" for t in texts)
+            src.add(start, end, f"from {'.' * node.level}{node.module or ''} import (\n{body}{indent})")
+            return
     if pos < len(names):
         a = names[pos]
         at = src.offset(a.lineno, a.col_offset)
@@ -329,6 +388,94 @@ def _add_name(src, node):
         at = src.offset(a.end_lineno, a.end_col_offset)
         sep = f",\n{src.indent_of(a.lineno).decode()}" if a.lineno != node.lineno and src.begins_line(a) else ", "
         src.add(at, at, sep + CHECK)
+
+
+# ---- checking the patched module ---------------------------------------------------------------
+
+
+def _import_time_names(node):
+    """Names ``node`` reads when the module is imported: not inside function bodies or lambdas,
+    but in decorators, defaults and class bodies (those run at import)."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        a = node.args
+        parts = node.decorator_list + a.defaults + [d for d in a.kw_defaults if d is not None]
+        parts += [x.annotation for x in a.args + a.kwonlyargs + a.posonlyargs if x.annotation is not None]
+        for p in parts:
+            yield from _import_time_names(p)
+        return
+    if isinstance(node, ast.Lambda):
+        for p in node.args.defaults:
+            yield from _import_time_names(p)
+        return
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+        yield node
+    for child in ast.iter_child_nodes(node):
+        yield from _import_time_names(child)
+
+
+def _bound_names(stmt):
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).partition(".")[0] for a in stmt.names}
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    return {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def check_module(data, filename, names=(FLAG, CHECK)):
+    """Why the patched module could not be imported, or None.
+
+    It must compile, and each of ``names`` (the ones the patch adds) must be
+    bound at module level before the module first reads it when imported
+    (a decorator, a class body, a module-level statement): ``_is_npu =
+    is_npu()`` above the import of ``is_npu`` is a NameError on every device.
+    """
+    try:
+        tree = ast.parse(data, filename=filename)
+        compile(tree, filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        return f"the patched module would not compile ({getattr(exc, 'msg', exc)}, line {getattr(exc, 'lineno', '?')})"
+    bound, star = set(), [False]
+
+    def walk(stmts):
+        for stmt in stmts:
+            blocks = [getattr(stmt, f, None) or [] for f in ("body", "orelse", "finalbody")]
+            blocks += [h.body for h in getattr(stmt, "handlers", ())]
+            if isinstance(stmt, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+                heads = [getattr(stmt, f, None) for f in ("test", "iter", "target")]
+                heads += [i.context_expr for i in getattr(stmt, "items", ())]
+                for head in filter(None, heads):
+                    why = check(head)
+                    if why:
+                        return why
+                for block in blocks:
+                    why = walk(block)
+                    if why:
+                        return why
+                bound.update(_bound_names(stmt))
+                continue
+            why = check(stmt)
+            if why:
+                return why
+            if isinstance(stmt, ast.ImportFrom) and any(a.name == "*" for a in stmt.names):
+                star[0] = True
+            bound.update(_bound_names(stmt))
+        return None
+
+    def check(node):
+        for n in [] if star[0] else _import_time_names(node):
+            if n.id in names and n.id not in bound:
+                return f"the patched module would read {n.id} at line {n.lineno} before defining it"
+        return None
+
+    why = walk(tree.body)
+    if why:
+        return why
+    star = star[0]
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in names}
+    missing = sorted(used - bound) if not star else []
+    if missing:
+        return f"the patched module would use {', '.join(missing)} without defining it"
+    return None
 
 
 # ---- the diff -----------------------------------------------------------------------------------
@@ -422,11 +569,10 @@ def make_patch(path, wants, layout="repo", scan_fn=None):
         if not done:
             continue
         new = src.result()
-        try:
-            compile(new, abspath, "exec", dont_inherit=True)
-        except SyntaxError as exc:  # a bug of ours: never hand out a patch that does not parse
+        broken = check_module(new, abspath)
+        if broken:  # a bug of ours: never hand out a patch that can break an import
             for want, _, _ in done:
-                res.left_out.append((want.name, f"the edit would not parse ({exc.msg}, line {exc.lineno})"))
+                res.left_out.append((want.name, broken))
             continue
         res.files.append((rel, src.data, new))
         res.patched.extend(done)
@@ -495,9 +641,12 @@ def run(args, prog, warn=None):
         return 2
     if args.from_audit:
         found = audit_wants(args.from_audit, warn)
-        if not found:
-            warn("--from-audit: no site fell back, was measured slower compiled or was made eager by "
-                 "NPU_COMPAT_EAGER in those reports")
+        if not found and not args.site:
+            sys.stderr.write(
+                f"{prog}: error: nothing to patch: no site fell back, was measured slower compiled or was made "
+                "eager by NPU_COMPAT_EAGER in those reports\n"
+            )
+            return 1
         wants += found
     if not args.site and not args.from_audit:
         from .engine import load_patches
@@ -512,6 +661,17 @@ def run(args, prog, warn=None):
     except ScanError as exc:
         sys.stderr.write(f"{prog}: error: {one_line(exc)}\n")
         return 2
+    if not res.files:
+        # `... | git apply` would only say "No valid patches in input": say why here, once, and fail
+        if not wants:
+            why = "no site selected"
+        elif len(res.left_out) == 1:
+            why = "left out {}: {}".format(*res.left_out[0])
+        else:
+            name, first = res.left_out[0]
+            why = f"all {len(res.left_out)} sites left out (first: {name}: {first})"
+        sys.stderr.write(f"{prog}: error: nothing to patch in {one_line(args.patch)}: {one_line(why)}\n")
+        return 1
     for name, why in res.left_out:
         warn(f"left out {name}: {why}")
     try:

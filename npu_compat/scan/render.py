@@ -126,6 +126,9 @@ def report_table(report):
         lines += [title] if len(title) <= WIDTH else wrap(shown, WIDTH, first="", indent="  ")
         lines += _rows(rows)
     _errors(report, lines)
+    # the site list runs to hundreds of lines: the summary again, where a terminal's last screen shows it
+    lines.append("")
+    lines += summary_lines(report)
     return "\n".join(lines)
 
 
@@ -165,5 +168,7 @@ def diff_table(diff):
             else:
                 lines += wrap(_where(site), WIDTH, first="  ", indent="    ")
                 lines += wrap(f"{site.target}  {verdict}", WIDTH, first="    ", indent="      ")
+            if site.covered_by:  # npu_compat's record makes it eager on NPU: not a new risk
+                lines += wrap(f"covered by {site.covered_by}", WIDTH, indent="      ")
             lines += wrap(site.reason, WIDTH, indent="      ")
     return "\n".join(lines)
