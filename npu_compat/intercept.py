@@ -16,16 +16,15 @@ one of:
 
 * eager: ``disable=True``, upstream's own remedy: the function itself comes
   back, no wrapper;
-* compiled, with a **fallback**: the backend is wrapped to notice a failing
-  compile or a failing first run of the compiled graph, and the compiled
-  function is wrapped so that such a failure serves the call with the eager
-  function, and every later call of that site too (one WARNING per site).
+* compiled, with a **fallback** (:mod:`npu_compat.fallback`): torch's own
+  context gets a wrapped backend and frame callback before it is applied,
+  so a failing conversion or a failing first graph run falls back at the
+  unit that failed; what sglang gets is torch's own compile wrapper.  With
+  ``NPU_COMPAT_SPEED``, a meter (:mod:`npu_compat.speed`) joins the
+  context's enter/exit hooks.
 
-How a compile failure is told from the function's own error, and when the
-call may be run again: see :func:`_verdict`.  Sites compiled before npu_compat
-watched (late activation) get the same wrapper from the walk; on their first
-call it recompiles them through the wrapped backend (the backend torch.compile
-made is read from the wrapper's context), so they are covered the same way.
+Sites compiled before npu_compat watched (late activation) are armed in
+place by :func:`arm_existing` when the walk finds them.
 """
 
 import sys
