@@ -16,7 +16,7 @@ import _thread
 import os
 import sys
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # Top-level packages of the registry's targets (a test keeps this equal to
 # npu_compat.registry.target_modules(): reading the registry here would cost
@@ -29,7 +29,7 @@ DISABLE_ALL = frozenset(("1", "true", "yes", "on", "all", "*"))
 # PYTHONPATH as this process found it, before any activation changed it.
 PYTHONPATH_AT_START = os.environ.get("PYTHONPATH")
 # The settings activation reads (a test keeps this equal to npu_compat._env.SETTINGS).
-SETTING_VARS = tuple("NPU_COMPAT_" + n for n in ("EAGER", "STRICT", "REPORT", "FALLBACK", "LOG_LEVEL", "DISABLE", "DEVICE"))
+SETTING_VARS = tuple("NPU_COMPAT_" + n for n in ("EAGER", "STRICT", "REPORT", "FALLBACK", "SPEED", "LOG_LEVEL", "DISABLE", "DEVICE"))
 
 __all__ = [
     "NpuCompatError",

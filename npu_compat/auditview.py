@@ -581,7 +581,7 @@ examples:
   npu-compat audit /shared/npu-compat-report.jsonl
   npu-compat audit --fail-on fell-back node*/report.jsonl
   npu-compat audit --eager-list report.jsonl > eager.txt  # for @eager.txt
-  npu-compat audit --eager-list --slower 1.5 report.jsonl  # pin sites 1.5x slower compiled
+  npu-compat audit --eager-list --slower 1.5 report.jsonl  # also 1.5x slower
 """
 
 

@@ -107,14 +107,30 @@ class FrameGuard:
     frame, the error reaches the caller; nothing of the frame has run.
     """
 
-    def __init__(self, inner, entry, backend=None, fullgraph=False):
+    def __init__(self, inner, entry, backend=None, fullgraph=False, make=None):
         self.inner, self.entry, self.backend, self.fullgraph = inner, entry, backend, bool(fullgraph)
+        self.make = make  # late route: builds (callback, Backend) on the first conversion
         d = getattr(inner, "__dict__", {})
         for attr in ("_torchdynamo_orig_backend", "hooks", "__wrapped__"):
             if attr in d:
                 setattr(self, attr, d[attr])
 
+    def _made(self):
+        make, self.make = self.make, None
+        if make is None:
+            return
+        try:
+            made = make()
+        except Exception as exc:
+            _log.debug("npu_compat: could not wrap the backend of %s: %s", self.entry.site, exc)
+            return
+        if made is not None:
+            self.inner, self.backend = made
+
     def __call__(self, frame, cache_entry, frame_state, *args, **kwargs):
+        if self.make is not None:
+            with _lock:
+                self._made()
         entry = self.entry
         if entry.fell_back is not None and _on[0]:
             if not self.fullgraph:
@@ -162,7 +178,8 @@ def arm_wrapper(wrapper, entry, make_callback=None):
     that cell and into the context, so every binding of the wrapper (early
     imports by name included) is covered without being replaced.
     ``make_callback()`` may give ``(callback, backend)``: a callback whose
-    backend is a :class:`Backend` (used when the site has not compiled yet).  Returns
+    backend is a :class:`Backend`; it is called on the site's first
+    conversion, and gives None when the site has compiled already.  Returns
     True when armed (or already armed).
     """
     if _strategy()[0] is None:
@@ -186,13 +203,10 @@ def arm_wrapper(wrapper, entry, make_callback=None):
         return False
     if type(callback) is FrameGuard:
         return True
-    inner, backend = callback, None
-    if make_callback is not None:
-        try:
-            inner, backend = make_callback() or (callback, None)
-        except Exception as exc:
-            _log.debug("npu_compat: could not wrap the backend of %s: %s", entry.site, exc)
-    guard = FrameGuard(inner, entry, backend, vars(ctx).get("fullgraph"))
+    # The wrapped backend's callback is built on the site's first conversion, not now:
+    # building it costs about 2 ms a site (the backend's compiler config), and most
+    # sites found by the late walk are compiled once, long after activation.
+    guard = FrameGuard(callback, entry, None, vars(ctx).get("fullgraph"), make_callback)
     cell.cell_contents = guard
     ctx.callback = guard
     _armed.append((cell, ctx, callback, guard))

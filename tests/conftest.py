@@ -9,6 +9,10 @@ import pytest
 # The test runner itself never activates npu_compat (children get a clean
 # environment from clean_env): in-process tests use the modules directly.
 os.environ["NPU_COMPAT_DISABLE"] = "1"
+# The README gives the real-sglang interpreter relative to the checkout; tests run
+# children from other directories, so it is made absolute once, here.
+if os.environ.get("NPU_COMPAT_SGLANG_PYTHON"):
+    os.environ["NPU_COMPAT_SGLANG_PYTHON"] = os.path.abspath(os.environ["NPU_COMPAT_SGLANG_PYTHON"])
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # The checkout under test: the real-sglang venv imports npu_compat from here,

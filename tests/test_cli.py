@@ -56,12 +56,12 @@ def test_every_command_has_a_description_and_an_example():
     assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1 and "Traceback" not in bad.stderr
 
 
-def test_version_is_0_2_0_and_dated_in_the_changelog():
+def test_version_is_0_3_0_and_dated_in_the_changelog():
     res = npu_compat_cmd("--version")
-    assert res.stdout.strip() == "npu-compat 0.2.0"
+    assert res.stdout.strip() == "npu-compat 0.3.0"
     with open(os.path.join(ROOT, "CHANGELOG.md")) as f:
         text = f.read()
-    assert "## [0.2.0] (2026-12-01)" in text and "unreleased" not in text.lower()
+    assert "## [0.3.0] (2026-12-04)" in text and "unreleased" not in text.lower()
 
 
 def test_cli_keeps_only_parsing_and_dispatch():
@@ -117,7 +117,7 @@ def test_status_fits_80_columns_in_every_state():
             res = npu_compat_cmd("status", *extra, env=env)
             assert res.returncode in (0, 1), res.stderr
             assert not too_wide(res.stdout), (env, extra, too_wide(res.stdout))
-            assert res.stdout.startswith("npu-compat 0.2.0, Python ")
+            assert res.stdout.startswith("npu-compat 0.3.0, Python ")
 
 
 def test_device_evidence_without_importing(monkeypatch, tmp_path):

@@ -18,6 +18,7 @@ from conftest import ROOT, clean_env
 from npu_compat.scan import Diff, scan
 
 _PY = os.environ.get("NPU_COMPAT_SGLANG_PYTHON")
+_PY = os.path.abspath(_PY) if _PY else _PY  # the README gives it relative to the checkout
 pytestmark = pytest.mark.skipif(not _PY, reason="NPU_COMPAT_SGLANG_PYTHON is not set (the venv with sglang 0.5.13, 0.5.23)")
 
 EXAMPLE = re.compile(r"<!-- example:(\S+) -->\n```\n(.*?)```\n", re.S)

@@ -51,6 +51,7 @@ def test_diff_text_names_the_record_that_covers_a_site():
 # ---- status: 24 rows, settings, typos, --json agrees ----
 
 SG_PYTHON = os.environ.get("NPU_COMPAT_SGLANG_PYTHON")
+SG_PYTHON = os.path.abspath(SG_PYTHON) if SG_PYTHON else SG_PYTHON  # the README gives it relative
 
 
 def status(tmp_path, *args, env=None, python=sys.executable):
@@ -73,7 +74,7 @@ def test_status_without_sglang_fits_24_rows_and_verbose_has_the_full_blocks(tmp_
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     assert_fits(proc.stdout)
     assert proc.stdout.count("sglang is not installed") <= 1
-    assert "settings:   EAGER -, STRICT 0, REPORT -, FALLBACK 1, LOG_LEVEL -, DISABLE -," in proc.stdout
+    assert "settings:   EAGER -, STRICT 0, REPORT -, FALLBACK 1, SPEED off, LOG_LEVEL -," in proc.stdout
     full = status(tmp_path, "--verbose").stdout
     assert len(full.splitlines()) > 40 and full.count("sglang is not installed") == 9
     assert "now: not imported; upstream: sglang PR #26403" in full

@@ -206,7 +206,7 @@ report.emit(ok=ok, speed=entry("gather")["speed"], status=npu_compat.report()["c
         env={"NPU_COMPAT_SPEED": "check", "NPU_COMPAT_REPORT": str(report_path)},
     )
     assert r["ok"] and r["speed"]["faster"] == "eager" and r["status"] is True
-    cli = [sys.executable, "-m", "npu_compat.cli"]
+    cli = [sys.executable, "-m", "npu_compat"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NPU_COMPAT")}
     env["COLUMNS"] = "80"
 
