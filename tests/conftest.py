@@ -60,18 +60,7 @@ def run_py(code, tree=None, env=None, timeout=240, args=(), check=True):
     if env.get("PYTHONPATH"):
         path.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(path)
-    code = textwrap.dedent(code)
-    cmd = [sys.executable, "-c", code, *args]
-    proc = None
-    t = time.monotonic()
-    if forkable(code, env):
-        proc = _ZYGOTE.run(cmd, code, env, list(args), timeout)
-    how = "forked" if proc is not None else "fresh"
-    if proc is None:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if os.environ.get("NPU_COMPAT_TEST_ZYGOTE_LOG"):  # which children were forked, and how long each took
-        with open(os.environ["NPU_COMPAT_TEST_ZYGOTE_LOG"], "a") as f:
-            f.write(f"{how} {time.monotonic() - t:.1f}s {os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\n")
+    proc = run_python(sys.executable, textwrap.dedent(code), env, args, timeout)
     result = None
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT):
@@ -82,6 +71,30 @@ def run_py(code, tree=None, env=None, timeout=240, args=(), check=True):
 
 
 # --- the pre-imported parent (support/zygote.py) -------------------------------------------------
+
+
+def run_python(python, code, env, args=(), timeout=240):
+    """``subprocess.run([python, "-c", code, *args], env=env, capture_output=True, text=True, timeout=timeout)``.
+
+    The same CompletedProcess (or TimeoutExpired), but forked from a zygote
+    of that interpreter with torch, dynamo and inductor imported when
+    ``forkable(code, env, python)`` says the scenario cannot tell the
+    difference.  `env` is the child's whole environment.  run_py uses it; so do
+    the real-sglang tests (with the sglang venv's interpreter).
+    """
+    cmd = [python, "-c", code, *args]
+    proc = None
+    t = time.monotonic()
+    if forkable(code, env, python):
+        proc = _zygote(python).run(cmd, code, env, list(args), timeout)
+    how = "forked" if proc is not None else "fresh"
+    if proc is None:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if os.environ.get("NPU_COMPAT_TEST_ZYGOTE_LOG"):  # which children were forked, and how long each took
+        with open(os.environ["NPU_COMPAT_TEST_ZYGOTE_LOG"], "a") as f:
+            f.write(f"{how} {time.monotonic() - t:.1f}s {os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\n")
+    return proc
+
 
 # Before the code's first torch import, any of these means the scenario may
 # see the difference between torch imported by the zygote and torch imported
@@ -96,7 +109,7 @@ _TORCH_IMPORT = re.compile(r"^[ \t]*(import\s+([\w.]+\s*,\s*)*torch\b|from torch
 _CHILD_VARS = ("NPU_COMPAT_", "NPU_STUB_", "SGLANG_")
 
 
-def forkable(code, env):
+def forkable(code, env, python=sys.executable):
     """May this ``python -c code`` scenario run in a child forked from the torch-imported zygote?
 
     Yes only if its code imports torch (or support.fake_npu, which does)
@@ -105,8 +118,8 @@ def forkable(code, env):
     _BEFORE_TORCH); its environment differs from the zygote's only in
     PYTHONPATH and ``NPU_COMPAT_*``/``NPU_STUB_*``/``SGLANG_*`` (torch reads
     dozens of others at import); and no PYTHONPATH entry holds a sitecustomize,
-    usercustomize, .pth, distribution metadata (entry points torch reads at
-    import) or a module the zygote has already imported.
+    usercustomize, .pth, a distribution declaring ``torch.backends`` entry
+    points (torch loads those at import) or a module the zygote has imported.
     """
     if os.environ.get("NPU_COMPAT_TEST_FRESH") == "1":
         return False
@@ -122,16 +135,27 @@ def forkable(code, env):
             continue
         for name in os.listdir(d):
             stem = name[:-3] if name.endswith(".py") else name
-            if (stem in ("sitecustomize", "usercustomize") or name.endswith((".pth", ".dist-info", ".egg-info"))
-                    or stem in _ZYGOTE.top_level()):
+            if (stem in ("sitecustomize", "usercustomize") or name.endswith(".pth") or _torch_backend(d, name)
+                    or stem in _zygote(python).top_level()):
                 return False
     return True
+
+
+def _torch_backend(d, name):
+    if not name.endswith((".dist-info", ".egg-info")):
+        return False
+    try:
+        with open(os.path.join(d, name, "entry_points.txt")) as f:
+            return "[torch.backends]" in f.read()
+    except OSError:
+        return False
 
 
 class _Zygote:
     """One torch-imported parent per test process, started at first use (``support/zygote.py``)."""
 
-    def __init__(self, preload=("torch", "torch._dynamo", "torch._inductor.compile_fx")):
+    def __init__(self, python, preload=("torch", "torch._dynamo", "torch._inductor.compile_fx")):
+        self.python = python
         self.preload = preload
         self.proc = None
         self.modules = frozenset()
@@ -149,7 +173,7 @@ class _Zygote:
             return
         self.dir = self.dir or tempfile.mkdtemp(prefix="npu-compat-zygote-")
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(TESTS, "support", "zygote.py"), *self.preload],
+            [self.python, os.path.join(TESTS, "support", "zygote.py"), *self.preload],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=clean_env(), text=True, cwd=ROOT,
         )
         ready = json.loads(self.proc.stdout.readline() or "{}")
@@ -208,8 +232,16 @@ def _text(path):
         return f.read()
 
 
-_ZYGOTE = _Zygote()
-atexit.register(_ZYGOTE.close)
+_ZYGOTES = {}
+
+
+def _zygote(python):
+    """The zygote of that interpreter, for this test process (started at first use, ended at exit)."""
+    key = os.path.abspath(python)
+    if key not in _ZYGOTES:
+        _ZYGOTES[key] = _Zygote(python)
+        atexit.register(_ZYGOTES[key].close)
+    return _ZYGOTES[key]
 
 
 @pytest.fixture

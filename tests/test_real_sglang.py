@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from conftest import RESULT, ROOT, TESTS, clean_env
+from conftest import RESULT, ROOT, TESTS, clean_env, run_python
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,7 +102,7 @@ print("RESULT:" + json.dumps(res))
 def run_real(code, env=None, timeout=600):
     py = sglang_python()
     env = clean_env(PYTHONPATH=os.pathsep.join([ROOT, TESTS]), SGLANG_IS_IN_CI="1", **(env or {}))
-    proc = subprocess.run([py, "-c", "import json\n" + code], env=env, capture_output=True, text=True, timeout=timeout)
+    proc = run_python(py, "import json\n" + code, env, timeout=timeout)  # forked where it may be (conftest)
     lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)]
     assert lines, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(lines[-1][len(RESULT) :]), proc
