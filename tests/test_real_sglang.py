@@ -27,13 +27,9 @@ def sglang_python():
     named = os.environ.get("NPU_COMPAT_SGLANG_PYTHON")
     candidates = [os.path.abspath(named) if named else None, sys.executable]
     for py in filter(None, candidates):
-        probe = subprocess.run(
-            [py, "-c", "import sglang.srt.managers.overlap_utils, npu_compat, wrapt"],
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        # torch first (overlap_utils imports it anyway): forked from the zygote the tests use next
+        probe = run_python(py, "import torch\nimport sglang.srt.managers.overlap_utils, npu_compat, wrapt", clean_env(),
+                           timeout=300)
         if probe.returncode == 0:
             return py
     return None
