@@ -1,4 +1,5 @@
 import atexit
+import contextlib
 import json
 import locale
 import os
@@ -126,6 +127,8 @@ def forkable(code, env, python=sys.executable):
     m = _TORCH_IMPORT.search(code)
     if m is None or any(word in code[: m.end()] for word in _BEFORE_TORCH):
         return False
+    if _zygote(python).top_level() is None:
+        return False
     base = clean_env()
     for k in set(env) | set(base):
         if k != "PYTHONPATH" and not k.startswith(_CHILD_VARS) and env.get(k) != base.get(k):
@@ -136,7 +139,7 @@ def forkable(code, env, python=sys.executable):
         for name in os.listdir(d):
             stem = name[:-3] if name.endswith(".py") else name
             if (stem in ("sitecustomize", "usercustomize") or name.endswith(".pth") or _torch_backend(d, name)
-                    or stem in _zygote(python).top_level()):
+                    or stem in _zygote(python).modules):
                 return False
     return True
 
@@ -159,18 +162,28 @@ class _Zygote:
         self.preload = preload
         self.proc = None
         self.modules = frozenset()
+        self.broken = False
+        self.runs = 0
         self.lock = threading.Lock()
         self.dir = None
 
     def top_level(self):
-        """Top-level names of the modules the zygote imported (a PYTHONPATH entry must not shadow one)."""
+        """Top-level names of the modules the zygote imported (a PYTHONPATH entry must not shadow one).
+
+        None when the zygote cannot start (no torch in this venv: the no-torch legs): run fresh.
+        """
         with self.lock:
-            self._ensure()
+            try:
+                self._ensure()
+            except RuntimeError:
+                return None
             return self.modules
 
     def _ensure(self):
         if self.proc is not None and self.proc.poll() is None:
             return
+        if self.broken:
+            raise RuntimeError("the zygote did not start")
         self.dir = self.dir or tempfile.mkdtemp(prefix="npu-compat-zygote-")
         self.proc = subprocess.Popen(
             [self.python, os.path.join(TESTS, "support", "zygote.py"), *self.preload],
@@ -179,7 +192,9 @@ class _Zygote:
         ready = json.loads(self.proc.stdout.readline() or "{}")
         if "ready" not in ready:
             self.proc.kill()
+            self.proc.wait()
             self.proc = None
+            self.broken = True  # once: every later scenario runs fresh
             raise RuntimeError("the zygote did not start")
         self.modules = frozenset(ready["top_level"])
 
@@ -198,20 +213,41 @@ class _Zygote:
         if not self.lock.acquire(blocking=False):  # another thread of this test is using it
             return None
         try:
-            self._ensure()
-            out, err = os.path.join(self.dir, "stdout"), os.path.join(self.dir, "stderr")
-            self.proc.stdin.write(json.dumps({"code": code, "env": env, "args": args, "cwd": os.getcwd(),
-                                              "stdout": out, "stderr": err}) + "\n")
-            self.proc.stdin.flush()
-            started = self._read()
-            if "pid" not in started:
+            try:
+                self._ensure()
+            except RuntimeError:
                 return None
-            answer = self._read(time.monotonic() + timeout)
-            if answer is None:  # as subprocess.run does on a timeout: kill the child, raise
-                os.kill(started["pid"], signal.SIGKILL)
-                self._read()
-                raise subprocess.TimeoutExpired(cmd, timeout, output=_text(out), stderr=_text(err))
-            return subprocess.CompletedProcess(cmd, answer["status"], _text(out), _text(err))
+            # files of their own: a grandchild left running must not write into the next scenario's output
+            self.runs += 1
+            out, err = (os.path.join(self.dir, f"{self.runs}.{name}") for name in ("stdout", "stderr"))
+            pid = None
+            try:
+                self.proc.stdin.write(json.dumps({"code": code, "env": env, "args": args, "cwd": os.getcwd(),
+                                                  "stdout": out, "stderr": err}) + "\n")
+                self.proc.stdin.flush()
+                started = self._read()
+                if "pid" not in started:
+                    return None
+                pid = started["pid"]
+                answer = self._read(time.monotonic() + timeout)
+                if answer is None:  # as subprocess.run does on a timeout: kill the child, raise
+                    os.kill(pid, signal.SIGKILL)
+                    self._read()
+                    raise subprocess.TimeoutExpired(cmd, timeout, output=_text(out), stderr=_text(err))
+                done = subprocess.CompletedProcess(cmd, answer["status"], _text(out), _text(err))
+                for path in (out, err):
+                    os.unlink(path)
+                return done
+            except subprocess.TimeoutExpired:
+                raise
+            except BaseException:  # interrupted (pytest-timeout, Ctrl-C) mid-scenario: end the child and the zygote
+                if pid is not None:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                self.proc.kill()
+                self.proc.wait()
+                self.proc = None
+                raise
         finally:
             self.lock.release()
 
