@@ -52,6 +52,7 @@ NEEDS_TORCH = [
     "tests/test_audit_cli.py::test_audit_of_real_processes_at_once_plus_bad_lines",
     "tests/test_reportfile.py",
     "tests/test_walk_robust.py",
+    "tests/test_zygote.py",
     "tests/test_core.py::test_npu_prefix_hook_before_import_applies_and_compiles_nothing",
     "tests/test_core.py::test_npu_prefix_target_imported_first_then_npu_compat",
     "tests/test_core.py::test_off_npu_every_attribute_is_upstreams_own",

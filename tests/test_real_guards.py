@@ -8,10 +8,9 @@ for 0.5.13, ~970 for 0.5.23.  0.5.13 is the venv's own sglang; 0.5.23 lives in
 
 import json
 import os
-import subprocess
 
 import pytest
-from conftest import RELEASES, RESULT, ROOT, TESTS, clean_env
+from conftest import RELEASES, RESULT, ROOT, TESTS, clean_env, run_python
 from test_real_sglang import needs_sglang, sglang_python
 
 VERSIONS = RELEASES  # both with NPU_COMPAT_TEST_RELEASES=all (conftest)
@@ -81,7 +80,7 @@ def run_version(version, code, env=None, timeout=600):
     venv = os.path.dirname(os.path.dirname(os.path.abspath(py)))
     path = [ROOT, TESTS] if version == "0.5.13" else [ROOT, os.path.join(venv, "sglang-0.5.23"), TESTS]
     env = clean_env(PYTHONPATH=os.pathsep.join(path), **(env or {}))
-    proc = subprocess.run([py, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    proc = run_python(py, code, env, timeout=timeout)  # forked from a torch-imported zygote where it may be
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT):
             return proc, json.loads(line[len(RESULT):])

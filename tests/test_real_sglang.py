@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from conftest import RESULT, ROOT, TESTS, clean_env
+from conftest import RESULT, ROOT, TESTS, clean_env, run_python
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,13 +27,9 @@ def sglang_python():
     named = os.environ.get("NPU_COMPAT_SGLANG_PYTHON")
     candidates = [os.path.abspath(named) if named else None, sys.executable]
     for py in filter(None, candidates):
-        probe = subprocess.run(
-            [py, "-c", "import sglang.srt.managers.overlap_utils, npu_compat, wrapt"],
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        # torch first (overlap_utils imports it anyway): forked from the zygote the tests use next
+        probe = run_python(py, "import torch\nimport sglang.srt.managers.overlap_utils, npu_compat, wrapt", clean_env(),
+                           timeout=300)
         if probe.returncode == 0:
             return py
     return None
@@ -102,7 +98,7 @@ print("RESULT:" + json.dumps(res))
 def run_real(code, env=None, timeout=600):
     py = sglang_python()
     env = clean_env(PYTHONPATH=os.pathsep.join([ROOT, TESTS]), SGLANG_IS_IN_CI="1", **(env or {}))
-    proc = subprocess.run([py, "-c", "import json\n" + code], env=env, capture_output=True, text=True, timeout=timeout)
+    proc = run_python(py, "import json\n" + code, env, timeout=timeout)  # forked where it may be (conftest)
     lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT)]
     assert lines, f"rc={proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(lines[-1][len(RESULT) :]), proc
