@@ -41,7 +41,6 @@ fallback at all (:func:`unavailable` says why).
 
 import _thread
 import operator
-import sys
 
 from npu_compat import _log
 

@@ -185,7 +185,7 @@ def arm_existing(wrapper, eager, entry, optimize):
     the wrapper's context, with ``fullgraph``/``dynamic``), so a failing
     first run is covered too; otherwise only conversions are.
     """
-    make = None
+    make_callback = None
     ctx = _wrappers.optimize_context(wrapper)
     d = vars(ctx) if ctx is not None else {}
     backend, hops = _wrappers.user_backend(ctx) if ctx is not None else (None, 0)
@@ -200,7 +200,8 @@ def arm_existing(wrapper, eager, entry, optimize):
             new = optimize(backend=wrapped, nopython=d["fullgraph"], dynamic=d["_dynamic"])
             return vars(new).get("callback"), wrapped
 
-    armed = fallback.arm_wrapper(wrapper, entry, make)
+        make_callback = make
+    armed = fallback.arm_wrapper(wrapper, entry, make_callback)
     if armed and ctx is not None:
         speed.attach(ctx, eager, entry)
     return armed

@@ -17,10 +17,10 @@ or by the error it re-raises, that the failure is real.
 
 import json
 import os
-import textwrap
 
 import pytest
 from conftest import run_py
+from fixtures import layers_tree
 
 NPU = """
 from support import fake_npu, npu_stubs
@@ -96,17 +96,7 @@ from othpkg.kern import ext
 
 
 def make_tree(tmp_path):
-    root = tmp_path / "tree"
-    pkg = root / "sglang" / "srt" / "layers"
-    pkg.mkdir(parents=True)
-    for d in (root / "sglang", root / "sglang" / "srt", pkg):
-        (d / "__init__.py").write_text("")
-    (pkg / "ops.py").write_text(textwrap.dedent(OPS))
-    (pkg / "uses_other.py").write_text(textwrap.dedent(USES_OTHER))
-    (root / "othpkg").mkdir()
-    (root / "othpkg" / "__init__.py").write_text("")
-    (root / "othpkg" / "kern.py").write_text(textwrap.dedent(OTHER))
-    return str(root)
+    return layers_tree(tmp_path / "tree", {"ops": OPS, "uses_other": USES_OTHER}, {"othpkg/kern.py": OTHER})
 
 
 HELPERS = """

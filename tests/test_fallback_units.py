@@ -19,6 +19,7 @@ import textwrap
 
 import pytest
 from conftest import run_py
+from fixtures import layers_tree
 
 CASES = '''
 import torch
@@ -169,13 +170,7 @@ ACTIVATE = {
 
 
 def make_tree(tmp_path):
-    root = tmp_path / "tree"
-    pkg = root / "sglang" / "srt" / "layers"
-    pkg.mkdir(parents=True)
-    for d in (root / "sglang", root / "sglang" / "srt", pkg):
-        (d / "__init__.py").write_text("")
-    (pkg / "cases.py").write_text(textwrap.dedent(CASES))
-    return str(root)
+    return layers_tree(tmp_path / "tree", {"cases": CASES})
 
 
 def run_cases(tmp_path, route, body, env=None):

@@ -10,10 +10,10 @@ records as the registry's.  Each case runs in its own interpreter.
 
 import json
 import os
-import textwrap
 
 import pytest
 from conftest import run_py
+from fixtures import layers_tree
 
 NPU = "from support import fake_npu; fake_npu.install()\n"
 
@@ -79,14 +79,7 @@ kinds = {
 
 
 def make_tree(tmp_path):
-    root = tmp_path / "tree"
-    pkg = root / "sglang" / "srt" / "layers"
-    pkg.mkdir(parents=True)
-    for d in (root / "sglang", root / "sglang" / "srt", pkg):
-        (d / "__init__.py").write_text("")
-    (pkg / "rope.py").write_text(textwrap.dedent(ROPE))
-    (pkg / "user.py").write_text(textwrap.dedent(USER))
-    return str(root)
+    return layers_tree(tmp_path / "tree", {"rope": ROPE, "user": USER})
 
 
 def test_named_sites_on_npu_every_binding_eager_and_nothing_compiles(tmp_path):

@@ -8,10 +8,10 @@ inductor for real on two shapes of work: a small gather (slower compiled
 on a CPU) and an elementwise chain over 4M floats (faster compiled).
 """
 
-import textwrap
 
 import pytest
 from conftest import run_py
+from fixtures import layers_tree
 
 SITES = '''
 import time
@@ -67,13 +67,7 @@ def frames():
 
 
 def make_tree(tmp_path):
-    root = tmp_path / "tree"
-    pkg = root / "sglang" / "srt" / "layers"
-    pkg.mkdir(parents=True)
-    for d in (root / "sglang", root / "sglang" / "srt", pkg):
-        (d / "__init__.py").write_text("")
-    (pkg / "sites.py").write_text(textwrap.dedent(SITES))
-    return str(root)
+    return layers_tree(tmp_path / "tree", {"sites": SITES})
 
 
 GATHER = """
