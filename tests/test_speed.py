@@ -66,6 +66,15 @@ def frames():
 """
 
 
+# The plugin route: sglang's module (and its compiled site) loaded first, then the plugin.
+LATE = HEAD.replace(
+    "import npu_compat\nfrom npu_compat import core, speed\n",
+    "import sglang.srt.layers.sites\nfrom npu_compat import plugin\nplugin.load()\nimport npu_compat\n"
+    "from npu_compat import core, speed\n",
+)
+assert LATE != HEAD
+
+
 def make_tree(tmp_path):
     return layers_tree(tmp_path / "tree", {"sites": SITES})
 
@@ -78,10 +87,11 @@ def calls(n):
 """
 
 
-@pytest.mark.parametrize("mode", ["pick", "check", ""])
-def test_a_site_slower_compiled_is_measured_and_under_pick_runs_eagerly(tmp_path, mode):
+@pytest.mark.parametrize("mode, route", [("pick", "import"), ("check", "import"), ("", "import"), ("pick", "plugin")])
+def test_a_site_slower_compiled_is_measured_and_under_pick_runs_eagerly(tmp_path, mode, route):
+    head = HEAD if route == "import" else LATE  # plugin: the site was compiled before npu_compat watched
     _, r = run_py(
-        HEAD + GATHER + """
+        head + GATHER + """
 ok = calls(100)                         # measured: alternating compiled and eager
 measured = sites.RUNS["compiled"]
 f0 = frames()
@@ -93,12 +103,12 @@ ok = calls(10) and ok                   # under graph capture: as sglang made it
 captured = sites.RUNS["compiled"] - before_capture
 CAPTURING[0] = False
 report.emit(ok=ok, measured=measured, after=after, captured=captured, frames=frames() - f0,
-            speed=entry("gather")["speed"], fell_back=entry("gather")["fell_back"])
+            speed=entry("gather")["speed"], fell_back=entry("gather")["fell_back"], route=npu_compat.route())
 """,
         tree=make_tree(tmp_path),
         env={"NPU_COMPAT_SPEED": mode} if mode else None,
     )
-    assert r["ok"] is True and r["fell_back"] is None and r["frames"] == 0
+    assert r["ok"] is True and r["fell_back"] is None and r["frames"] == 0 and r["route"] == route
     assert r["captured"] == 10  # capture: always the compiled graph, never timed
     if not mode:  # nothing is measured: every call compiled
         assert r["speed"] is None and r["measured"] == 100 and r["after"] == 50
