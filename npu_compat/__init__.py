@@ -288,9 +288,9 @@ def _own_command():
 
 def _check_settings():
     try:
-        from npu_compat import _env
+        from npu_compat import settings
 
-        _env.check_settings()
+        settings.check_settings()
     except Exception:
         pass
 

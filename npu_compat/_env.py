@@ -6,7 +6,6 @@ to import a module or a path.
 """
 
 import os
-import sys
 
 from npu_compat import _log
 
@@ -77,55 +76,6 @@ def did_you_mean(word, known):
 
     close = difflib.get_close_matches(word.strip().lower(), sorted(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
-
-
-def settings():
-    """[(NAME, effective value)] for each setting; a mistyped one warns once (the WARNING activation gives)."""
-    from npu_compat import WATCHED_PACKAGES, audit, registry, speed
-
-    known = {r.name for r in registry.all_patches()}
-    eager = audit.parse_eager(_get("NPU_COMPAT_EAGER"), known, WATCHED_PACKAGES)
-    eager_text = ", ".join(
-        [eager.mode] * bool(eager.mode) + sorted(eager.names) + [f"{m}:{q}" for m, q in sorted(eager.sites)]
-        + [f"@{f}" for f in eager.files]
-    )  # fmt: skip
-    level, bad = _log.requested_level()
-    if bad:
-        _log.check_level()
-    names = {v: k for k, v in _log.LEVELS.items() if k != "warn"}
-    off, disabled_names = disabled(known)
-    dev = device()
-    return [
-        ("EAGER", eager_text or "-"),
-        ("STRICT", "1" if strict() else "0"),
-        ("REPORT", _get("NPU_COMPAT_REPORT").strip() or "-"),
-        ("FALLBACK", _fallback_value(audit.fallback_enabled())),
-        ("SPEED", speed.read_setting() or "off"),
-        ("LOG_LEVEL", names.get(level, "-")),
-        ("DISABLE", "all" if off else ", ".join(sorted(disabled_names)) or "-"),
-        ("DEVICE", dev.partition(":")[2] or dev),
-    ]
-
-
-def _fallback_value(on):
-    """``1``/``0``; with torch imported and lacking what the fallback needs, why it is off anyway."""
-    if not on:
-        return "0"
-    if "torch" in sys.modules:
-        from npu_compat import fallback
-
-        why = fallback.unavailable()
-        if why:
-            return f"1, but {why}"
-    return "1"
-
-
-def check_settings():
-    """Read every setting now, so each mistyped value gives its one WARNING at activation."""
-    try:
-        settings()
-    except Exception as exc:  # never fail the importer
-        _log.warning("npu_compat: could not read the settings: %s: %s", type(exc).__name__, exc)
 
 
 def disabled(known_names=None):

@@ -14,6 +14,7 @@ import sys
 
 import npu_compat
 from npu_compat import _cli_util, _log, core, device, registry
+from npu_compat import settings as settings_mod
 
 WIDTH = 80
 LABEL = 12  # "activation: " and the others line up after it
@@ -159,9 +160,7 @@ def _device(import_targets):
 
 
 def build(import_targets=False, cli=False):
-    from npu_compat import _env
-
-    settings, setting_warnings = _log.capture_warnings(_env.settings)
+    settings, setting_warnings = _log.capture_warnings(settings_mod.settings)
     problems = _import_targets() if import_targets and npu_compat.is_active() else {}
     npu, why, by = _device(import_targets or not cli)
     setting = os.environ.get("NPU_COMPAT_DEVICE", "")
