@@ -41,6 +41,7 @@ fallback at all (:func:`unavailable` says why).
 
 import _thread
 import operator
+import sys
 
 from npu_compat import _log
 
@@ -71,6 +72,7 @@ def unavailable():
 
 
 def _strategy():
+    """``(what a callback returns to run a frame eagerly, None)``, or ``(None, why not)``; never raises."""
     if _support:
         return _support[0]
     try:
@@ -80,11 +82,26 @@ def _strategy():
         run_eagerly = ConvertFrameReturn(frame_exec_strategy=FrameExecStrategy(skip, skip), apply_to_code=False)
         out = (run_eagerly, None)
     except Exception as exc:
-        import torch
-
-        out = (None, f"torch {torch.__version__} has no frame strategies ({type(exc).__name__}): no fallback")
+        version = getattr(sys.modules.get("torch"), "__version__", "?")
+        out = (None, f"torch {version} has no frame strategies ({type(exc).__name__}): no fallback")
     _support.append(out)
     return out
+
+
+def unavailable_cheaply():
+    """:func:`unavailable` without importing dynamo: from torch's version while dynamo is not loaded.
+
+    None when the fallback is there, or nothing can be said yet (torch not imported)."""
+    if "torch._dynamo" in sys.modules:
+        return unavailable()
+    version = getattr(sys.modules.get("torch"), "__version__", None)
+    if not isinstance(version, str):
+        return None
+    try:
+        major, minor = (int(p) for p in version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return None
+    return f"torch {version} is older than 2.6: no fallback" if (major, minor) < (2, 6) else None
 
 
 # --- the frame: a conversion that fails runs the frame eagerly -------------------------------------

@@ -4,8 +4,6 @@ Reading them all at activation (:func:`check_settings`) makes a mistyped
 value give its one WARNING at once, not only once sglang loads.
 """
 
-import sys
-
 from npu_compat import _env, _log
 
 
@@ -41,13 +39,10 @@ def _fallback_value(on):
     """``1``/``0``; with torch imported and lacking what the fallback needs, why it is off anyway."""
     if not on:
         return "0"
-    if "torch" in sys.modules:
-        from npu_compat import fallback
+    from npu_compat import fallback
 
-        why = fallback.unavailable()
-        if why:
-            return f"1, but {why}"
-    return "1"
+    why = fallback.unavailable_cheaply()
+    return f"1, but {why}" if why else "1"
 
 
 def check_settings():
