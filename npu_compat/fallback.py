@@ -27,7 +27,8 @@ the graphs already compiled for it run their FX graphs eagerly.  There is
 no wrapper around the compiled function: the site stays torch's own
 compile wrapper (``torch.compiler.disable``, ``torch._dynamo.run``,
 recompiling with another backend all work as for any compiled function).
-The only frame on a call's path is the graph wrapper's, one per graph run.
+A graph's wrapper is on the call's path until the graph's first successful
+run only (:func:`_step_aside`).
 
 Errors the user asked dynamo for (``RecompileError`` under
 ``error_on_recompile``, the ``fail_on_recompile`` stance, a shape
@@ -341,13 +342,67 @@ def graph(compiled, gm, entry):
             return eager(*args)  # the site fell back: its compiled graphs run eagerly too
         if state[0] or not _on[0] or not entry.fallback:
             return compiled(*args)
-        return _first_run(compiled, eager, entry, writes, state, args)
+        out = _first_run(compiled, eager, entry, writes, state, args)
+        _step_aside(run, compiled, eager, entry)
+        return out
 
     d = getattr(compiled, "__dict__", None)
     if isinstance(d, dict):
         run.__dict__.update(d)
     run._npu_compat_graph = True
     return run
+
+
+# Graphs whose wrapper stepped aside: id(entry) -> [(cell, compiled, eager)], put back on a fallback.
+_direct = {}
+
+
+def _step_aside(run, compiled, eager, entry):
+    """After a graph's first successful run, dynamo calls the compiled graph itself.
+
+    Dynamo keeps each compiled graph as a global of the frame's module
+    (``__compiled_fn_...``), behind its ``disable`` wrapper, whose closure
+    holds ``run``; that cell now gets ``compiled``, so later calls pay no
+    frame of npu_compat's.  A fallback of the site later puts the graph's
+    eager function there (:func:`fell_back`).  Where that layout is not
+    found, ``run`` stays (it only checks two flags).
+    """
+    try:
+        f = sys._getframe(2)
+        for _ in range(4):
+            if f is None:
+                return
+            g = f.f_globals
+            for key in [k for k in g if type(k) is str and k.startswith("__compiled_fn")]:
+                cell = _cell_holding(g[key], run)
+                if cell is not None:
+                    with _lock:
+                        if entry.fell_back is None:
+                            cell.cell_contents = compiled
+                            _direct.setdefault(id(entry), []).append((cell, compiled, eager))
+                    return
+            f = f.f_back
+    except Exception:
+        return
+
+
+def _cell_holding(fn, target, depth=3):
+    for _ in range(depth):
+        cells = getattr(fn, "__closure__", None) if type(fn).__name__ == "function" else None
+        if not cells:
+            return None
+        nxt = None
+        for c in cells:
+            try:
+                v = c.cell_contents
+            except ValueError:
+                continue
+            if v is target:
+                return c
+            if type(v).__name__ == "function" and v.__closure__:
+                nxt = v
+        fn = nxt
+    return None
 
 
 def _first_run(compiled, eager, entry, writes, state, args):
@@ -515,6 +570,9 @@ def fell_back(entry, stage, exc, what):
     with _lock:
         if entry.fell_back is not None:
             return
+        for cell, was, eager in _direct.pop(id(entry), ()):
+            if cell.cell_contents is was:
+                cell.cell_contents = eager  # graphs that ran compiled run eagerly from now on
         entry.set_fell_back(
             {"stage": stage, "type": type(exc).__name__, "message": first_line(exc)},
             f"torch.compile failed on NPU ({stage}): npu_compat fell back to eager",

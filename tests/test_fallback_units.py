@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 FAIL = {"compile": False, "first_run": False, "after_run": False}
+RUNS = [0]  # compiled graph runs
 
 
 class CompileFailed(RuntimeError):
@@ -38,6 +39,7 @@ def flaky(gm, example_inputs):
     ran = []
 
     def run(*args):
+        RUNS[0] += 1
         if FAIL["first_run"] and not ran:
             ran.append(1)
             raise CompileFailed("graph failed on its first run")
@@ -194,7 +196,9 @@ def test_nothing_of_the_program_runs_twice(tmp_path, route):
         F["compile"] = True
         b = attempt(cases.bump, torch.ones(3), counter)
         F["compile"] = False
-        out["case1"] = dict(a=a, b=b, counter=counter.tolist(), fell=fell("bump"))
+        runs = cases.RUNS[0]
+        c = attempt(cases.bump, torch.ones(2), counter)   # its graphs compiled for this shape run eagerly now
+        out["case1"] = dict(a=a, b=b, c=c, counter=counter.tolist(), fell=fell("bump"), runs=cases.RUNS[0] - runs)
 
         # 2. x += y and F.relu(inplace=True) in a graph that fails after it ran: put back, run once.
         F["after_run"] = True
@@ -222,7 +226,8 @@ def test_nothing_of_the_program_runs_twice(tmp_path, route):
     )
     c1 = r["case1"]
     assert c1["a"] == {"ok": [2.0, 2.0]} and c1["b"] == {"ok": [2.0, 2.0, 2.0]}
-    assert c1["counter"] == [2.0], c1  # two calls, two bumps (the old rerun made it 3)
+    assert c1["c"] == {"ok": [2.0, 2.0]} and c1["runs"] == 0, c1  # after the fallback: no compiled graph runs
+    assert c1["counter"] == [3.0], c1  # three calls, three bumps (the old rerun made the second one count twice)
     assert c1["fell"]["stage"] == "compile" and c1["fell"]["type"] == "CompileFailed"
     assert r["iadd"]["r"] == {"ok": [3.0, 3.0, 3.0]} and r["iadd"]["x"] == [3.0, 3.0, 3.0]
     assert r["iadd"]["fell"]["stage"] == "first run"
