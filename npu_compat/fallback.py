@@ -343,7 +343,7 @@ def graph(compiled, gm, entry):
         if state[0] or not _on[0] or not entry.fallback:
             return compiled(*args)
         out = _first_run(compiled, eager, entry, writes, state, args)
-        _step_aside(run, compiled, eager, entry)
+        _step_aside(run, compiled, entry)
         return out
 
     d = getattr(compiled, "__dict__", None)
@@ -353,11 +353,13 @@ def graph(compiled, gm, entry):
     return run
 
 
-# Graphs whose wrapper stepped aside: id(entry) -> [(cell, compiled, eager)], put back on a fallback.
+# Graphs whose wrapper stepped aside: id(entry) -> [weak reference to dynamo's disable
+# wrapper of the graph], whose ``_npu_compat_graph`` is (run, compiled): a fallback
+# puts ``run`` back.  Nothing here outlives dynamo's own graph (torch._dynamo.reset()).
 _direct = {}
 
 
-def _step_aside(run, compiled, eager, entry):
+def _step_aside(run, compiled, entry):
     """After a graph's first successful run, dynamo calls the compiled graph itself.
 
     Dynamo keeps each compiled graph as a global of the frame's module
@@ -374,12 +376,17 @@ def _step_aside(run, compiled, eager, entry):
                 return
             g = f.f_globals
             for key in [k for k in g if type(k) is str and k.startswith("__compiled_fn")]:
-                cell = _cell_holding(g[key], run)
+                top = g[key]
+                cell = _cell_holding(top, run)
                 if cell is not None:
+                    import weakref
+
                     with _lock:
                         if entry.fell_back is None:
+                            top._npu_compat_graph = (run, compiled)
                             cell.cell_contents = compiled
-                            _direct.setdefault(id(entry), []).append((cell, compiled, eager))
+                            refs = _direct.setdefault(id(entry), [])
+                            refs[:] = [r for r in refs if r() is not None] + [weakref.ref(top)]
                     return
             f = f.f_back
     except Exception:
@@ -570,9 +577,12 @@ def fell_back(entry, stage, exc, what):
     with _lock:
         if entry.fell_back is not None:
             return
-        for cell, was, eager in _direct.pop(id(entry), ()):
-            if cell.cell_contents is was:
-                cell.cell_contents = eager  # graphs that ran compiled run eagerly from now on
+        for ref in _direct.pop(id(entry), ()):
+            top = ref()
+            run, compiled = getattr(top, "_npu_compat_graph", (None, None))
+            cell = _cell_holding(top, compiled) if compiled is not None else None
+            if cell is not None:
+                cell.cell_contents = run  # its wrapper again: graphs that ran compiled run eagerly now
         entry.set_fell_back(
             {"stage": stage, "type": type(exc).__name__, "message": first_line(exc)},
             f"torch.compile failed on NPU ({stage}): npu_compat fell back to eager",
